@@ -1,0 +1,273 @@
+"""DistillModule: the bilevel distillation loop as a LightningModule (manual optimisation).
+
+One Lightning step is one inner iteration: every class's synthetic images take one matching step against
+the real batch its sampler gives, then the matching network trains on random real batches for ``n_data``
+samples. Every ``inner_loops`` steps (one outer iteration) the network is re-drawn. All randomness of a
+step comes from generators seeded by (seed, step), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
+from dream_pl.data import RealSet
+from dream_pl.samplers import Sampler
+from dream_pl.synthetic import SyntheticData, SyntheticSet
+
+
+class NonFiniteLossError(RuntimeError):
+    """The matching loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of the loop (the ``distill`` block of the Hydra config)."""
+
+    ipc: int = 10
+    factor: int = 2
+    lr_img: float = 5e-3
+    lr_size_base: int = 32
+    momentum_img: float = 0.5
+    batch_real: int = 128
+    batch_syn_max: int = 128
+    n_data: int = 500
+    lr_net: float = 0.01
+    momentum_net: float = 0.9
+    weight_decay_net: float = 5e-4
+    match_dsa: str = "color_crop_cutout"
+    net_dsa: str = "color_crop"
+    net_cutmix_p: float = 0.5
+    inner_loops: int = 100
+    seed: int = 0
+
+
+def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
+    """IDC's image learning rate: ``lr_img * (ipc / 10) * (size / size_base)^2``.
+
+    >>> round(effective_lr_img(1e-4, 10, 28, 32), 8)
+    7.656e-05
+    """
+    return lr_img * (ipc / 10) * (size / size_base) ** 2
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on a GPU, max RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class DistillModule(pl.LightningModule):
+    """Learns the synthetic set; the network factory, matcher, sampler and initialiser are injected."""
+
+    def __init__(
+        self,
+        *,
+        real: RealSet,
+        net_factory: Callable[[], nn.Module],
+        matcher: Callable[..., Tensor],
+        sampler: Sampler,
+        initializer: Callable[..., Tensor],
+        cfg: DistillConfig,
+        dataset: str = "",
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.real, self.net_factory, self.matcher = real, net_factory, matcher
+        self.sampler, self.initializer, self.cfg, self.dataset = sampler, initializer, cfg, dataset
+        _, channels, size, _ = real.images.shape
+        self.size = size
+        placeholder = torch.zeros(real.num_classes * cfg.ipc, channels, size, size)
+        self.synthetic = SyntheticSet(placeholder, real.num_classes, cfg.ipc, cfg.factor)
+        self.register_buffer("initialized", torch.tensor(False))
+        self.match_aug = DiffAugment(cfg.match_dsa)
+        self.net_aug = DiffAugment(cfg.net_dsa)
+        self._new_net(outer=0)
+
+    # ----------------------------------------------------------------- setup
+    def _new_net(self, outer: int) -> None:
+        """Draw the matching network of outer iteration ``outer`` (seeded) and its optimiser."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + outer)
+            net = self.net_factory()
+        self.net = net.to(self.device)
+        self.net_opt = torch.optim.SGD(
+            self.net.parameters(),
+            lr=self.cfg.lr_net,
+            momentum=self.cfg.momentum_net,
+            weight_decay=self.cfg.weight_decay_net,
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD on the stored images with IDC's IPC- and size-scaled learning rate."""
+        lr = effective_lr_img(self.cfg.lr_img, self.cfg.ipc, self.size, self.cfg.lr_size_base)
+        return torch.optim.SGD([self.synthetic.images], lr=lr, momentum=self.cfg.momentum_img)
+
+    def on_fit_start(self) -> None:
+        """Move the real set to the device and initialise the synthetic set (unless restored)."""
+        self.real = self.real.to(self.device)
+        self.sampler.to(self.device)
+        if not bool(self.initialized):
+            images = self.initializer(
+                self.real, self.net, ipc=self.cfg.ipc, factor=self.cfg.factor, seed=self.cfg.seed
+            )
+            with torch.no_grad():
+                self.synthetic.images.copy_(images)
+            self.initialized.fill_(True)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """A stream of step numbers: the data lives on the device in :class:`RealSet`."""
+        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+
+    # ------------------------------------------------------------------ step
+    def generators(self, step: int) -> tuple[torch.Generator, torch.Generator]:
+        """(index generator on the CPU, augmentation generator on the device) for ``step``."""
+        seed = self.cfg.seed * 1_000_003 + step
+        cpu = torch.Generator().manual_seed(seed)
+        dev = torch.Generator(device=self.device).manual_seed(seed + 1)
+        return cpu, dev
+
+    def match_class(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
+        """Matching loss of class ``c`` against its sampler's real batch, under one shared DSA draw."""
+        idx = self.sampler.indices(self.real, c, g_cpu).to(self.real.images.device)
+        x_real = self.real.class_images(c, idx)
+        x_syn = self.synthetic.class_decoded(c)
+        if len(x_syn) > self.cfg.batch_syn_max:
+            x_syn = x_syn[
+                torch.randperm(len(x_syn), generator=g_cpu)[: self.cfg.batch_syn_max].to(self.device)
+            ]
+        x = self.match_aug(torch.cat([x_real, self.real.normalize(x_syn)]), shared=True, generator=g_dev)
+        y = torch.full((len(x),), c, device=self.device, dtype=torch.long)
+        n = len(x_real)
+        return self.matcher(self.net, x[:n], y[:n], x[n:], y[n:])
+
+    def train_net(self, g_cpu: torch.Generator, g_dev: torch.Generator) -> float:
+        """Train the matching network on random real batches (per-sample DSA + CutMix) for n_data samples."""
+        self.net.train()
+        steps = math.ceil(self.cfg.n_data / self.cfg.batch_real)
+        total = 0.0
+        for _ in range(steps):
+            x, y = self.real.sample(self.cfg.batch_real, g_cpu)
+            x = self.net_aug(x, shared=False, generator=g_dev)
+            if float(torch.rand((), generator=g_cpu)) < self.cfg.net_cutmix_p:
+                x, y_a, y_b, lam = cutmix(x, y, generator=g_cpu if x.device.type == "cpu" else g_dev)
+                loss = cutmix_loss(self.net(x), y_a, y_b, lam)
+            else:
+                loss = F.cross_entropy(self.net(x), y)
+            self.net_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.net_opt.step()
+            total += float(loss.detach())
+        return total / steps
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        """One inner iteration: a matching step for every class, then the network update."""
+        del batch, batch_idx
+        step = self.global_step
+        outer, inner = divmod(step, self.cfg.inner_loops)
+        if inner == 0:
+            self.synthetic.clamp_()
+        g_cpu, g_dev = self.generators(step)
+        opt = self.optimizers()
+        opt.zero_grad()
+        t0 = time.perf_counter()
+        losses = []
+        for c in range(self.real.num_classes):
+            loss_c = self.matcher_loss_checked(c, g_cpu, g_dev, step)
+            self.manual_backward(loss_c, inputs=[self.synthetic.images])
+            losses.append(float(loss_c.detach()))
+        opt.step()
+        t1 = time.perf_counter()
+        net_loss = self.train_net(g_cpu, g_dev)
+        t2 = time.perf_counter()
+        if inner == self.cfg.inner_loops - 1:
+            self._new_net(outer + 1)
+        self.log_dict(
+            {
+                "distill/loss": sum(losses) / len(losses),
+                "distill/net_loss": net_loss,
+                "distill/time/match_s": t1 - t0,
+                "distill/time/net_s": t2 - t1,
+                "distill/outer": float(outer),
+            },
+            on_step=True,
+            prog_bar=False,
+        )
+        self.log("loss", sum(losses) / len(losses), prog_bar=True, logger=False)
+
+    def matcher_loss_checked(
+        self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator, step: int
+    ) -> Tensor:
+        """:meth:`match_class`, stopping the run on a NaN/inf loss before it reaches the images."""
+        loss = self.match_class(c, g_cpu, g_dev)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"matching loss is {float(loss)} for class {c} at step {step}; "
+                "the synthetic set was not updated "
+                "and the last checkpoint is intact. Lower distill.lr_img or check the data."
+            )
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Record the run's peak memory (CUDA allocator peak or CPU max RSS)."""
+        self.log("distill/peak_mem_mb", peak_memory_mb(self.device), on_step=True)
+
+    # ------------------------------------------------------------- artifacts
+    def export(self, config: dict[str, Any] | None = None) -> SyntheticData:
+        """The current synthetic set, decoded, in pixel space, with what is needed to evaluate it."""
+        x, y = self.synthetic.decoded()
+        return SyntheticData(
+            images=x.cpu(),
+            labels=y.cpu(),
+            factor=self.cfg.factor,
+            dataset=self.dataset,
+            mean=tuple(self.real.mean.flatten().tolist()),
+            std=tuple(self.real.std.flatten().tolist()),
+            stored=self.synthetic.images.detach().cpu(),
+            config=config or {},
+        )
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add what Lightning does not know about: the network optimiser and the sampler's selection."""
+        checkpoint["net_optimizer"] = self.net_opt.state_dict()
+        checkpoint["sampler"] = self.sampler.state_dict()
+        checkpoint["torch_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the network optimiser and the sampler's selection."""
+        self._pending_net_opt = checkpoint["net_optimizer"]
+        self.sampler.load_state_dict(checkpoint["sampler"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+
+    def load_state_dict(
+        self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load weights, then the network optimiser state stashed by :meth:`on_load_checkpoint`."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        pending = getattr(self, "_pending_net_opt", None)
+        if pending is not None:
+            self.net_opt.load_state_dict(pending)
+            self._pending_net_opt = None
+        return result
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    """An endless stream of integers; Lightning's ``max_steps`` ends the run."""
+
+    def __iter__(self):  # noqa: ANN204
+        i = 0
+        while True:
+            yield torch.tensor(i)
+            i += 1

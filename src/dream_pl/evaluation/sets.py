@@ -1,0 +1,70 @@
+"""What can be evaluated: a saved synthetic set, or a baseline built from the real training set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dream_pl.coreset import herding, kcenter
+from dream_pl.data import RealData, RealSet
+from dream_pl.features import embed_class
+from dream_pl.synthetic import SyntheticData, load_synthetic
+
+BASELINES = ("random", "herding", "kcenter", "whole")
+
+
+class SetMismatchError(ValueError):
+    """A synthetic set that does not fit the dataset it is evaluated on."""
+
+
+def check_fits(data: SyntheticData, real: RealData, path: Path) -> None:
+    """The set's image shape and classes must be the dataset's."""
+    spec = real.spec
+    expected = (spec.channels, spec.size, spec.size)
+    if data.dataset and data.dataset != spec.name:
+        raise SetMismatchError(f"{path} was distilled from {data.dataset!r}, not dataset={spec.name!r}")
+    if tuple(data.images.shape[1:]) != expected:
+        raise SetMismatchError(
+            f"{path} holds images of shape {tuple(data.images.shape[1:])}; {spec.name} needs {expected}"
+        )
+    if len(data.labels) and int(data.labels.max()) >= spec.num_classes:
+        raise SetMismatchError(
+            f"{path} has label {int(data.labels.max())}; {spec.name} has classes 0..{spec.num_classes - 1}"
+        )
+
+
+def load_set(path: str | Path, real: RealData) -> tuple[Tensor, Tensor]:
+    """Pixel images and labels of a saved synthetic set, checked against the dataset."""
+    data = load_synthetic(path)
+    check_fits(data, real, Path(path))
+    return data.images.float(), data.labels.long()
+
+
+def baseline_set(
+    name: str, real: RealData, ipc: int, *, seed: int = 0, net: nn.Module | None = None
+) -> tuple[Tensor, Tensor]:
+    """``ipc`` real images per class chosen at random / by herding / by k-center, or the whole set.
+
+    Herding and k-center select on ``net``'s features (the caller decides how that network was trained).
+    """
+    if name not in BASELINES:
+        raise ValueError(f"baseline {name!r} is not one of {', '.join(BASELINES)}")
+    if name == "whole":
+        return real.train_images.float() / 255, real.train_labels.clone()
+    rs = RealSet.from_data(real, "train")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(rs.num_classes):
+        if name == "random":
+            idx = torch.randperm(rs.class_sizes[c], generator=g)[:ipc]
+        else:
+            if net is None:
+                raise ValueError(f"the {name} baseline needs a feature network")
+            feats = embed_class(net, rs, c)
+            idx = herding(feats, ipc) if name == "herding" else kcenter(feats, ipc, seed=seed + c)
+        picks.append(rs.images[rs.class_slice(c)][idx])
+    images = torch.cat(picks).float() / 255
+    labels = torch.arange(rs.num_classes).repeat_interleave(ipc)
+    return images, labels

@@ -1,0 +1,103 @@
+"""Sampler interface: a matching batch per class, optionally refreshed from the network's features."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dream_pl.data import RealSet
+from dream_pl.features import embed_class
+
+
+class Sampler(ABC):
+    """Gives, for class ``c``, the within-class indices of the real batch to match against.
+
+    ``interval`` is the number of inner steps between :meth:`refresh` calls (``None``: never refreshed);
+    the clustering callback reads it, the sampler itself never decides when to refresh.
+    """
+
+    interval: int | None = None
+
+    @abstractmethod
+    def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
+        """Within-class indices of class ``c``'s next matching batch."""
+
+    def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
+        """Recompute any selection from the current network; returns stats to log."""
+        del net, real, seed
+        return {}
+
+    def batch_size(self) -> int:
+        """Real images per matching batch."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Selection state for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        del state
+
+    def to(self, device: torch.device) -> None:
+        """Move any held selection to ``device``."""
+        del device
+
+
+class SelectionSampler(Sampler):
+    """A sampler holding a fixed selection per class between refreshes.
+
+    Subclasses implement :meth:`select` on one class's features; embedding (optionally of a random
+    subset of each class) and bookkeeping live here.
+    """
+
+    def __init__(self, *, interval: int, embed_subset: int | None = None, embed_chunk: int = 512) -> None:
+        if interval < 1:
+            raise ValueError(f"sampler.interval={interval} must be >= 1")
+        self.interval, self.embed_subset, self.embed_chunk = interval, embed_subset, embed_chunk
+        self.selection: list[Tensor] = []
+
+    @abstractmethod
+    def select(self, features: Tensor, *, seed: int) -> Tensor:
+        """Indices (into ``features``' rows) of the matching batch."""
+
+    def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
+        """The class's current selection (a fixed batch until the next refresh)."""
+        del generator
+        if not self.selection:
+            raise RuntimeError(f"{type(self).__name__}.refresh() must run before the first match")
+        return self.selection[c]
+
+    def candidates(self, real: RealSet, c: int, seed: int) -> Tensor | None:
+        """Within-class indices to embed: a seeded random subset, or None for the whole class."""
+        size = real.class_sizes[c]
+        if self.embed_subset is None or self.embed_subset >= size:
+            return None
+        g = torch.Generator().manual_seed(seed * 1009 + c)
+        return torch.randperm(size, generator=g)[: self.embed_subset].to(real.images.device)
+
+    def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
+        """Embed every class and select its batch."""
+        selection = []
+        for c in range(real.num_classes):
+            cand = self.candidates(real, c, seed)
+            features = embed_class(net, real, c, indices=cand, chunk=self.embed_chunk)
+            chosen = self.select(features, seed=seed + c).to(real.images.device)
+            selection.append(chosen if cand is None else cand[chosen])
+        self.selection = selection
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current per-class selection."""
+        return {"selection": [s.cpu() for s in self.selection]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the per-class selection (moved to the real set's device at first use)."""
+        self.selection = list(state.get("selection", []))
+
+    def to(self, device: torch.device) -> None:
+        """Move the selection to ``device``."""
+        self.selection = [s.to(device) for s in self.selection]

@@ -1,0 +1,176 @@
+"""The synthetic set: learnable stored images, IDC multi-formation decoding, and its file format.
+
+Stored images live in pixel space ([0, 1] nominally; IDC clamps only once per outer iteration). With
+factor f each stored image holds an f x f grid of downsized images; decoding crops the grid and upsamples
+every crop back to full size, so one stored image trains as f^2 images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchvision.utils import save_image
+
+
+def decode(images: Tensor, factor: int) -> Tensor:
+    """Multi-formation decode: [n, C, H, W] stored -> [f^2 n, C, H, W], crop-position-major.
+
+    Crops have side ceil(H / f); when H is not divisible by f the grid is padded right/bottom with 0.5
+    first (as IDC). Output order: every image's crop (0, 0), then every image's crop (0, 1), ...
+    """
+    if factor == 1:
+        return images
+    n, c, h, w = images.shape
+    s = math.ceil(h / factor)
+    padded = F.pad(images, (0, s * factor - w, 0, s * factor - h), value=0.5)
+    # [n, c, f, s, f, s] -> [f, f, n, c, s, s]: grid row, grid col, image, channel, crop pixels
+    crops = padded.view(n, c, factor, s, factor, s).permute(2, 4, 0, 1, 3, 5)
+    crops = crops.reshape(factor * factor * n, c, s, s)
+    return F.interpolate(crops, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def decode_labels(labels: Tensor, factor: int) -> Tensor:
+    """Labels of :func:`decode`'s output: the stored labels repeated f^2 times."""
+    return labels.repeat(factor * factor)
+
+
+def tile_sizes(size: int, factor: int) -> list[int]:
+    """Side of each grid cell when tiling: size // f, the remainder spread as +1 on the first cells."""
+    return [size // factor + (1 if i < size % factor else 0) for i in range(factor)]
+
+
+def tile(images: Tensor, factor: int) -> Tensor:
+    """Inverse layout of :func:`decode`: [f^2 n, C, H, W] real images -> [n, C, H, W] stored images.
+
+    Chunk k of n images is downsized (nearest, as IDC's mix init) into grid cell k (row-major).
+    """
+    if factor == 1:
+        return images
+    total, c, h, w = images.shape
+    n = total // (factor * factor)
+    rows, cols = tile_sizes(h, factor), tile_sizes(w, factor)
+    out = images.new_empty(n, c, h, w)
+    chunks = images.view(factor * factor, n, c, h, w)
+    top = 0
+    for i, rh in enumerate(rows):
+        left = 0
+        for j, cw in enumerate(cols):
+            out[:, :, top : top + rh, left : left + cw] = F.interpolate(
+                chunks[i * factor + j], size=(rh, cw), mode="nearest"
+            )
+            left += cw
+        top += rh
+    return out
+
+
+class SyntheticSet(nn.Module):
+    """``num_classes * ipc`` learnable stored images (class-major) with fixed hard labels."""
+
+    def __init__(self, images: Tensor, num_classes: int, ipc: int, factor: int) -> None:
+        super().__init__()
+        if images.shape[0] != num_classes * ipc:
+            raise ValueError(f"expected {num_classes * ipc} stored images, got {images.shape[0]}")
+        self.num_classes, self.ipc, self.factor = num_classes, ipc, factor
+        self.images = nn.Parameter(images.clone())
+        self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(ipc))
+
+    def class_decoded(self, c: int) -> Tensor:
+        """Decoded images of class ``c``: [ipc f^2, C, H, W], differentiable w.r.t. the stored ones."""
+        return decode(self.images[c * self.ipc : (c + 1) * self.ipc], self.factor)
+
+    def decoded(self) -> tuple[Tensor, Tensor]:
+        """All decoded images (detached, pixel space) and their labels, class-major."""
+        with torch.no_grad():
+            x = torch.cat([self.class_decoded(c) for c in range(self.num_classes)])
+        y = torch.arange(self.num_classes, device=x.device).repeat_interleave(self.ipc * self.factor**2)
+        return x, y
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project back to the pixel range (IDC: once per outer iteration)."""
+        self.images.clamp_(0.0, 1.0)
+
+
+@dataclass
+class SyntheticData(Dataset):
+    """A saved synthetic set as a torch Dataset of (pixel-space image, label) pairs."""
+
+    images: Tensor
+    labels: Tensor
+    factor: int = 1
+    dataset: str = ""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    stored: Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+    @property
+    def ipc(self) -> int:
+        """Stored images per class."""
+        classes = int(self.labels.max()) + 1
+        return len(self.labels) // (classes * self.factor**2)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_synthetic(path: str | Path, data: SyntheticData) -> None:
+    """Write a synthetic set (decoded images in pixel space + metadata) atomically."""
+    atomic_torch_save(
+        {
+            "images": data.images.detach().cpu(),
+            "labels": data.labels.cpu(),
+            "factor": data.factor,
+            "dataset": data.dataset,
+            "mean": tuple(data.mean),
+            "std": tuple(data.std),
+            "stored": None if data.stored is None else data.stored.detach().cpu(),
+            "config": data.config,
+        },
+        path,
+    )
+
+
+def load_synthetic(path: str | Path) -> SyntheticData:
+    """Read a file written by :func:`save_synthetic` (a run directory's ``synthetic.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "synthetic.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no synthetic set at {path} (expected a synthetic.pt or a run directory)")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    return SyntheticData(**blob)
+
+
+def save_grid(path: str | Path, images: Tensor, labels: Tensor, *, max_per_class: int = 10) -> None:
+    """PNG grid of pixel-space images: one row per class, at most ``max_per_class`` images each."""
+    rows = [images[labels == c][:max_per_class] for c in labels.unique(sorted=True)]
+    ncol = max(len(r) for r in rows)
+    cells = [torch.cat([r, r.new_ones(ncol - len(r), *r.shape[1:])]) for r in rows]
+    save_image(torch.cat(cells).clamp(0, 1).float().cpu(), str(path), nrow=ncol, padding=1)

@@ -1,0 +1,141 @@
+"""Distillation entry point: ``python -m dream_pl.train dataset=cifar100 ipc=10 sampler=dream``."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from dream_pl.callbacks import ClusteringCallback, SyntheticExport
+from dream_pl.config import check_overrides, validate, validate_against_data
+from dream_pl.data import RealData, RealSet, load_dataset
+from dream_pl.distill import DistillConfig, DistillModule
+from dream_pl.evaluate import evaluate_sets, write_report
+from dream_pl.evaluation.sets import baseline_set, load_set
+from dream_pl.runner import make_loggers, output_dir, plain_config, report_user_errors
+
+
+def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
+    """Instantiate the injected parts from their config groups and the loop itself."""
+    d = cfg.distill
+    net_factory = partial(
+        instantiate(cfg.model), channels=spec.channels, num_classes=spec.num_classes, size=spec.size
+    )
+    loop = DistillConfig(
+        ipc=cfg.ipc,
+        factor=d.factor,
+        lr_img=d.lr_img,
+        lr_size_base=cfg.dataset.recipe.lr_size_base,
+        momentum_img=d.momentum_img,
+        batch_real=d.batch_real,
+        batch_syn_max=d.batch_syn_max,
+        n_data=d.n_data,
+        lr_net=d.lr_net,
+        momentum_net=d.momentum_net,
+        weight_decay_net=d.weight_decay_net,
+        match_dsa=d.match_dsa,
+        net_dsa=d.net_dsa,
+        net_cutmix_p=d.net_cutmix_p,
+        inner_loops=d.inner_loops,
+        seed=cfg.seed,
+    )
+    return DistillModule(
+        real=real,
+        net_factory=net_factory,
+        matcher=instantiate(cfg.matcher),
+        sampler=instantiate(cfg.sampler),
+        initializer=instantiate(cfg.init),
+        cfg=loop,
+        dataset=cfg.dataset.name,
+    )
+
+
+def resume_path(cfg: DictConfig, out: Path) -> str | None:
+    """``resume=<ckpt>`` if given, else the run directory's ``last.ckpt`` if a run stopped there."""
+    if cfg.get("resume"):
+        if not Path(cfg.resume).is_file():
+            raise FileNotFoundError(f"resume={cfg.resume} does not exist")
+        return str(cfg.resume)
+    last = out / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]:
+    """Validate, load data, build and fit; returns the module, its trainer, the run directory, the data."""
+    validate(cfg)
+    out = output_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
+    real = RealSet.from_data(data, "train")
+    validate_against_data(cfg, real.class_sizes)
+    module = build_module(cfg, real, data.spec)
+    every = cfg.distill.save_every * cfg.distill.inner_loops
+    config = plain_config(cfg)
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=every, save_last=True, save_top_k=0),
+        SyntheticExport(out, every, config=config),
+    ]
+    if module.sampler.interval:
+        callbacks.append(ClusteringCallback(module.sampler.interval))
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=cfg.iterations * cfg.distill.inner_loops,
+        max_epochs=-1,
+        callbacks=callbacks,
+        logger=make_loggers(cfg, out) or False,
+        default_root_dir=str(out),
+    )
+    trainer.fit(module, ckpt_path=resume_path(cfg, out))
+    return module, trainer, out, data
+
+
+def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealData) -> dict[str, float]:
+    """The evaluator on the distilled set, beside its initialisation and random real images of equal size."""
+    final = module.export()
+    sets = {"distilled": (final.images, final.labels)}
+    if cfg.evaluation.baseline:
+        init = out / "synthetic_init.pt"
+        if init.is_file():
+            sets["initialisation"] = load_set(init, data)
+        sets[f"random real (ipc {cfg.ipc})"] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
+    rows = evaluate_sets(cfg, data, sets)
+    write_report(rows, out)
+    return {f"eval/{r['model']}/{r['set']}/acc": r["mean"] for r in rows}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Distil, then (unless ``evaluation.enabled=false``) evaluate; returns the run's metrics."""
+    module, trainer, out, data = distill(cfg)
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.evaluation.enabled:
+        scores = evaluate_run(cfg, module, out, data)
+        for logger in trainer.loggers:
+            logger.log_metrics(scores, step=trainer.global_step)
+            logger.save()
+        metrics.update(scores)
+    metrics["synthetic_path"] = str(out / "synthetic.pt")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metrics = report_user_errors(lambda: train(cfg))
+    value = metrics.get(cfg.get("optimized_metric", ""), None)
+    return None if value is None else float(value)
+
+
+def main() -> None:
+    """Console entry: reject unknown group options in one line, then hand over to Hydra."""
+    report_user_errors(lambda: check_overrides(sys.argv[1:]))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
