@@ -7,7 +7,7 @@ runs, so the user sees the allowed options in one line instead of Hydra's multi-
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -62,6 +62,12 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_int(name: str, value: object, minimum: int = 1, note: str = "") -> None:
+    """An integer >= ``minimum`` (bools and floats such as 1.5 are refused, not truncated)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    _require(ok, f"{name}={value!r} must be an integer >= {minimum}{note}")
+
+
 def _check_choice(name: str, value: object, allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     _require(value in allowed, f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -76,13 +82,13 @@ def _check_strategy(name: str, value: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and name checks on a composed train config (no data needed)."""
-    _require(int(cfg.ipc) >= 1, f"ipc={cfg.ipc} must be >= 1 (images per class)")
-    _require(int(cfg.iterations) >= 1, f"iterations={cfg.iterations} must be >= 1")
+    _require_int("ipc", cfg.ipc, note=" (images per class)")
+    _require_int("iterations", cfg.iterations)
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
     _check_choice("model.name", cfg.model.name, list_models())
     d = cfg.distill
     for key in ("factor", "inner_loops", "batch_real", "batch_syn_max", "n_data", "save_every"):
-        _require(int(d[key]) >= 1, f"distill.{key}={d[key]} must be >= 1")
+        _require_int(f"distill.{key}", d[key])
     _require(float(d.lr_img) > 0, f"distill.lr_img={d.lr_img} must be > 0")
     _require(
         0.0 <= float(d.net_cutmix_p) <= 1.0,
@@ -95,7 +101,7 @@ def validate(cfg: DictConfig) -> None:
     s = cfg.sampler
     for key in ("n_clusters", "n_per_cluster", "interval", "batch_size", "max_iter"):
         if key in s:
-            _require(int(s[key]) >= 1, f"sampler.{key}={s[key]} must be >= 1")
+            _require_int(f"sampler.{key}", s[key])
     for group in ("sampler", "init"):
         if "backend" in cfg[group]:
             _check_choice(f"{group}.backend", cfg[group].backend, BACKENDS)
@@ -105,7 +111,11 @@ def validate(cfg: DictConfig) -> None:
 def validate_evaluation(ev: DictConfig) -> None:
     """Checks on the ``evaluation`` block (shared by train and evaluate)."""
     for key in ("repeats", "epochs", "batch_size"):
-        _require(int(ev[key]) >= 1, f"evaluation.{key}={ev[key]} must be >= 1")
+        _require_int(f"evaluation.{key}", ev[key])
+    _require(
+        isinstance(ev.models, Sequence) and not isinstance(ev.models, str),
+        f"evaluation.models={ev.models!r} must be a list, e.g. [convnet, resnet10]",
+    )
     for name in ev.models:
         _check_choice("evaluation.models", name, list_models())
     _check_strategy("evaluation.dsa", ev.dsa)

@@ -112,10 +112,15 @@ def write_report(rows: list[dict[str, Any]], out: Path) -> Path:
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Resolve the set(s), evaluate them, write ``eval.json``."""
     validate_evaluation(cfg.evaluation)
+    target = str(cfg.synthetic)
+    if target not in BASELINES and not Path(target).exists():
+        raise FileNotFoundError(
+            f"synthetic={target} does not exist; give a synthetic.pt, a run directory, "
+            f"or one of {', '.join(BASELINES)}"
+        )
     out = output_dir(cfg)
     pl.seed_everything(cfg.seed, verbose=False)
     real = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
-    target = str(cfg.synthetic)
     sets: dict[str, Any] = {}
     if target in BASELINES:
         net = instantiate(cfg.model)(

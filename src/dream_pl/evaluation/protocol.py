@@ -96,10 +96,12 @@ def evaluate_set(
 
     Args:
         factory: builds one network of architecture ``model``.
-        images: [N, C, H, W] pixel-space training images; labels: [N].
+        images: [N, C, H, W] pixel-space training images.
+        labels: [N] their labels.
         test: real test images (uint8 [M, C, H, W]) and labels.
         model: architecture name (for the report).
-        mean, std: normalisation of the dataset.
+        mean: per-channel normalisation mean of the dataset.
+        std: per-channel normalisation std.
         num_classes: K.
         protocol: epochs, optimiser, augmentation and repeats.
         seed: repeat r is initialised with seed ``seed + r``.

@@ -35,7 +35,7 @@ def gradient_distance(g_real: Tensor, g_syn: Tensor, metric: str) -> Tensor:
         return diff.pow(2).sum()
     if metric == "l1":
         return diff.abs().sum()
-    rows_real, rows_syn = g_real.flatten(1), g_syn.flatten(1)
+    rows_real, rows_syn = g_real.reshape(len(g_real), -1), g_syn.reshape(len(g_syn), -1)
     if metric == "l1_mean":
         return (rows_real - rows_syn).abs().mean(dim=1).sum()
     if metric == "cos":

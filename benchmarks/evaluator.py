@@ -1,0 +1,93 @@
+"""Evaluator speed: R repeats trained stacked (vmap) vs one after another.
+
+Times the evaluation protocol on a synthetic-set-sized training set (IPC 10, factor 2: 400 images of
+MNIST-5k, 28 px) with ConvNet-3 width 128 for a few epochs, three ways:
+  stacked     - one StackedClassifier, R networks under torch.func.vmap (the default);
+  looped      - one StackedClassifier with stacked=False (R networks in a Python loop, one Trainer);
+  sequential  - R separate evaluate_set calls with repeats=1 (what the reference code does).
+Run: python benchmarks/evaluator.py [--epochs 10] [--repeats 5] [--width 128] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import time
+
+import torch
+
+from dream_pl.data import load_dataset
+from dream_pl.evaluation import EvalProtocol, evaluate_set
+from dream_pl.evaluation.sets import baseline_set
+from dream_pl.models import create_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--images-per-class", type=int, default=40)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    data = load_dataset("mnist_5k")
+    images, labels = baseline_set("random", data, args.images_per_class, seed=0)
+    spec = data.spec
+
+    def factory() -> torch.nn.Module:
+        return create_model("convnet", channels=1, num_classes=10, size=28, width=args.width)
+
+    def timed(repeats: int, stacked: bool, seed: int = 0) -> tuple[float, list[float]]:
+        protocol = EvalProtocol(
+            epochs=args.epochs, repeats=repeats, dsa="color_crop_scale_rotate", stacked=stacked
+        )
+        start = time.perf_counter()
+        result = evaluate_set(
+            factory,
+            images,
+            labels,
+            (data.test_images, data.test_labels),
+            model="convnet",
+            mean=spec.mean,
+            std=spec.std,
+            num_classes=10,
+            protocol=protocol,
+            seed=seed,
+            accelerator="gpu" if args.device == "cuda" else "cpu",
+        )
+        return time.perf_counter() - start, result.accuracies
+
+    timed(1, True)  # warm-up: imports, allocator, kernels
+    rows = []
+    t, acc = timed(args.repeats, True)
+    rows.append(("stacked (vmap)", t, acc))
+    t, acc = timed(args.repeats, False)
+    rows.append(("looped (one Trainer)", t, acc))
+    total, accs = 0.0, []
+    for r in range(args.repeats):
+        t, acc = timed(1, True, seed=r)
+        total += t
+        accs += acc
+    rows.append(("sequential (R runs)", total, accs))
+    device = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    )
+    print(
+        f"\n{args.repeats} repeats, {len(labels)} images, ConvNet-3 width {args.width}, "
+        f"{args.epochs} epochs, {device}"
+    )
+    print("| mode | seconds | s / epoch | speed-up vs sequential | mean acc (%) |")
+    print("|---|---|---|---|---|")
+    for name, t, acc in rows:
+        print(
+            f"| {name} | {t:.1f} | {t / args.epochs:.2f} | {total / t:.2f}x "
+            f"| {100 * sum(acc) / len(acc):.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

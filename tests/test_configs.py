@@ -1,0 +1,408 @@
+"""Tests of the shipped Hydra config tree and dream_pl.config's checks.
+
+Config keys are constructor arguments, so composing and instantiating every option is what catches
+drift between ``conf/`` and the code; the checks must turn bad values into one clear line.
+"""
+
+import inspect
+from collections.abc import Callable, Sequence
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from torch import nn
+
+from dream_pl.config import (
+    CONF_DIR,
+    GROUPS,
+    ConfigError,
+    check_overrides,
+    group_options,
+    validate,
+    validate_against_data,
+    validate_evaluation,
+)
+from dream_pl.data import DATASETS, RealSet
+from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
+from dream_pl.matchers import DistributionMatcher, GradientMatcher
+from dream_pl.runner import make_loggers
+from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
+from dream_pl.train import build_module
+
+Composer = Callable[[Sequence[str]], DictConfig]
+
+
+def default_groups(config_name: str) -> set[str]:
+    """Groups named in a primary config's defaults list (``_self_`` is not a group)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml").defaults)
+    return {next(iter(entry)) for entry in defaults if isinstance(entry, dict)}
+
+
+EVAL_GROUPS = default_groups("eval")
+TRAIN_OPTIONS = [(group, option) for group in GROUPS for option in group_options(group)]
+PRESETS = group_options("experiment")
+EVAL_OPTIONS = [(g, o) for g, o in TRAIN_OPTIONS if g in EVAL_GROUPS]
+MNIST_5K_CLASSES = [400] * 10  # 5,000 images, 500 per class, 100 per class held out for test
+SAMPLER_OPTIONS = ["dream", "herding", "kcenter", "random", "representative"]
+MODEL_NAMES = ["convnet", "convnet4", "densenet121", "resnet10", "resnetap10"]
+
+
+def with_values(cfg: DictConfig, *dotlist: str) -> DictConfig:
+    """``cfg`` with plain ``key=value`` overrides, as Hydra applies them (a recomposition costs ~0.3 s)."""
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(dotlist)))
+
+
+def configured(compose: Composer, overrides: list[str]) -> DictConfig:
+    """Compose the ``group=option`` overrides, then apply the plain ``key=value`` ones."""
+    groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
+    return with_values(compose(groups), *(o for o in overrides if o not in groups))
+
+
+def tiny_real(name: str, per_class: int = 1) -> RealSet:
+    """A random uint8 real set with the dataset's shape: enough to build the distillation module."""
+    spec = DATASETS[name]
+    g = torch.Generator().manual_seed(0)
+    n = spec.num_classes * per_class
+    images = torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), generator=g, dtype=torch.uint8)
+    labels = torch.arange(spec.num_classes).repeat_interleave(per_class)
+    return RealSet(images, labels, spec.mean, spec.std)
+
+
+# --- composition -------------------------------------------------------------------------------
+
+
+def test_every_group_has_options_and_is_checked():
+    assert default_groups("train") - {"paths", "hydra"} == set(GROUPS)
+    assert EVAL_GROUPS - {"paths", "hydra"} <= set(GROUPS)
+    assert all(group_options(group) for group in GROUPS)
+    assert group_options("sampler") == SAMPLER_OPTIONS
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, o in TRAIN_OPTIONS if g != "experiment"])
+def test_train_option_composes_resolves_and_validates(compose_train, group, option):
+    cfg = compose_train([f"{group}={option}"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert plain["ipc"] >= 1
+    validate(cfg)
+
+
+@pytest.mark.parametrize(("group", "option"), EVAL_OPTIONS)
+def test_eval_option_composes_resolves_and_validates(compose_eval, group, option):
+    cfg = compose_eval([f"{group}={option}", "synthetic=run/synthetic.pt"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert plain["synthetic"] == "run/synthetic.pt"
+    assert plain["evaluation"]["models"] == [plain["model"]["name"]]
+    validate_evaluation(cfg.evaluation)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_experiment_preset_composes_and_matches_its_name(compose_train, preset):
+    """The ``experiment`` group's options: composed, resolved, validated, and named after what they set."""
+    cfg = compose_train([f"experiment={preset}"])
+    OmegaConf.to_container(cfg, resolve=True)
+    validate(cfg)
+    assert cfg.task_name == preset
+    assert cfg.sampler._target_.endswith("RepresentativeSampler")
+    assert cfg.init._target_.endswith("KMeansInit")
+    assert cfg.model.name in cfg.evaluation.models
+    if preset != "quickstart":
+        name, ipc = preset.rsplit("_ipc", 1)
+        assert cfg.ipc == int(ipc)
+        assert cfg.dataset.name == {"imagenet10": "imagenet_subset"}.get(name, name)
+
+
+def test_preset_values_win_over_the_recipe_and_the_command_line_wins_over_both(compose_train):
+    cfg = compose_train(["experiment=tiny_imagenet_ipc50"])
+    assert cfg.distill.lr_img == 1e-6
+    assert cfg.distill.batch_real == 64
+    assert cfg.sampler.n_clusters == 64  # N follows batch_real
+    cfg = compose_train(["experiment=cifar10_ipc10", "ipc=3", "distill.lr_img=0.1"])
+    assert (cfg.ipc, cfg.distill.lr_img) == (3, 0.1)
+
+
+def test_debug_fdr_is_a_tiny_run_without_logger(compose_train):
+    cfg = compose_train(["debug=fdr"])
+    assert (cfg.iterations, cfg.distill.inner_loops, cfg.distill.n_data) == (1, 2, 64)
+    assert (cfg.evaluation.repeats, cfg.evaluation.epochs) == (1, 2)
+    assert cfg.logger == {}
+
+
+def test_eval_repeats_and_model_flow_into_the_evaluation_block(compose_eval):
+    cfg = compose_eval(["synthetic=x.pt", "repeats=2", "model=resnet10"])
+    assert (cfg.evaluation.repeats, list(cfg.evaluation.models)) == (2, ["resnet10"])
+
+
+# --- instantiation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_every_model_builds(compose_train, option):
+    net = instantiate(compose_train([f"model={option}"]).model)(channels=1, num_classes=10, size=28)
+    assert isinstance(net, nn.Module)
+    assert callable(net.embed)
+    assert net.embed_dim >= 1
+
+
+def test_model_knobs_reach_the_constructor(compose_train):
+    cfg = compose_train(["model=convnet", "model.width=8", "model.depth=2"])
+    net = instantiate(cfg.model)(channels=3, num_classes=10, size=32)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 8), (8, 8)]
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("option", "cls"), [("gradient", GradientMatcher), ("distribution", DistributionMatcher)]
+)
+def test_every_matcher_builds(compose_train, option, cls):
+    assert sorted(group_options("matcher")) == ["distribution", "gradient"]
+    matcher = instantiate(compose_train([f"matcher={option}"]).matcher)
+    assert isinstance(matcher, cls)
+
+
+@pytest.mark.parametrize(
+    ("option", "cls"),
+    [
+        ("dream", RepresentativeSampler),
+        ("representative", RepresentativeSampler),
+        ("herding", HerdingSampler),
+        ("kcenter", KCenterSampler),
+        ("random", RandomSampler),
+    ],
+)
+def test_every_sampler_builds_with_batch_real_images_per_match(compose_train, option, cls):
+    sampler = instantiate(with_values(compose_train([f"sampler={option}"]), "distill.batch_real=48").sampler)
+    assert type(sampler) is cls
+    assert sampler.batch_size() == 48
+
+
+def test_representative_is_an_alias_of_dream(compose_train):
+    assert compose_train(["sampler=dream"]).sampler == compose_train(["sampler=representative"]).sampler
+    sampler = instantiate(with_values(compose_train(["sampler=dream"]), "sampler.n_per_cluster=2").sampler)
+    assert (sampler.n_clusters, sampler.n_per_cluster, sampler.batch_size()) == (128, 2, 256)
+
+
+@pytest.mark.parametrize(
+    ("option", "cls"), [("kmeans", KMeansInit), ("random", RandomRealInit), ("noise", NoiseInit)]
+)
+def test_every_init_builds(compose_train, option, cls):
+    assert sorted(group_options("init")) == ["kmeans", "noise", "random"]
+    assert isinstance(instantiate(compose_train([f"init={option}"]).init), cls)
+
+
+@pytest.mark.parametrize(
+    ("option", "classes"),
+    [
+        ("csv", [CSVLogger]),
+        ("tensorboard", [TensorBoardLogger]),
+        ("wandb", [WandbLogger]),
+        ("none", []),
+    ],
+)
+def test_every_logger_builds_offline(compose_train, tmp_path, monkeypatch, option, classes):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    nodes = compose_train([f"logger={option}"]).logger
+    loggers = [instantiate(node, save_dir=str(tmp_path)) for node in nodes.values()]
+    assert [type(lg) for lg in loggers] == classes
+    assert all(isinstance(lg, Logger) for lg in loggers)
+
+
+def test_make_loggers_writes_under_the_run_directory(compose_train, tmp_path):
+    cfg = with_values(compose_train(["logger=csv"]), "ipc=7")
+    (logger,) = make_loggers(cfg, tmp_path)
+    logger.save()
+    hparams = OmegaConf.load(tmp_path / "csv" / "hparams.yaml")
+    assert hparams.ipc == 7
+    assert hparams.distill.n_data == 500  # resolved, not "${dataset.recipe.n_data}"
+
+
+@pytest.mark.parametrize("option", group_options("trainer"))
+def test_every_trainer_builds(compose_train, tmp_path, option):
+    cfg = compose_train([f"trainer={option}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        accepted = inspect.signature(pl.Trainer.__init__).parameters
+        assert set(cfg.trainer) - {"_target_"} <= set(accepted)
+        pytest.skip("no CUDA device: keys checked against Trainer's signature only")
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=1,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
+    assert trainer.max_steps == 1
+    if option == "cpu":
+        assert isinstance(trainer.accelerator, CPUAccelerator)
+
+
+# --- the dataset recipe reaches the loop -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dataset", "metric", "lr_img", "n_data", "size_base", "lr"),
+    [
+        ("cifar100", "mse", 5e-3, 2000, 32, 5e-3),  # 5e-3 * (10/10) * (32/32)^2
+        ("fashion_mnist", "l1", 1e-4, 500, 32, 1e-4 * (28 / 32) ** 2),
+        ("mnist_5k", "l1", 1e-4, 500, 28, 1e-4),
+    ],
+)
+def test_dataset_recipe_flows_into_the_loop(compose_train, dataset, metric, lr_img, n_data, size_base, lr):
+    cfg = with_values(compose_train([f"dataset={dataset}"]), "model.width=8")
+    module = build_module(cfg, tiny_real(cfg.dataset.name), DATASETS[cfg.dataset.name])
+    assert module.matcher.metric == metric
+    assert (module.cfg.lr_img, module.cfg.n_data, module.cfg.lr_size_base) == (lr_img, n_data, size_base)
+    assert module.cfg.ipc == 10
+    assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9)
+
+
+def test_recipe_sets_the_augmentation_per_dataset(compose_train):
+    cifar, mnist = compose_train(["dataset=cifar100"]), compose_train(["dataset=mnist_5k"])
+    assert "cutout" in cifar.distill.match_dsa
+    assert "cutout" not in mnist.distill.match_dsa  # MNIST with f > 1: no cutout while matching
+    assert "flip" in cifar.evaluation.dsa
+    assert "flip" not in mnist.evaluation.dsa  # digits: no flip
+    assert (cifar.evaluation.cutmix_p, mnist.distill.net_cutmix_p) == (0.5, 0.0)
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("ipc=0", ["ipc=0", ">= 1"]),
+        ("iterations=0", ["iterations=0", ">= 1"]),
+        ("matcher.metric=foo", ["'foo'", "mse", "l1", "l1_mean", "cos"]),
+        ("sampler.backend=foo", ["'foo'", "auto", "faiss", "torch"]),
+        ("init.backend=foo", ["'foo'", "auto", "faiss", "torch"]),
+        ("distill.match_dsa=color_bogus", ["color_bogus", "'bogus'", "crop", "cutout", "flip", "rotate"]),
+        ("evaluation.models=[nope]", ["'nope'", *MODEL_NAMES]),
+        ("evaluation.repeats=0", ["evaluation.repeats=0", ">= 1"]),
+        ("evaluation.cutmix_p=1.5", ["1.5", "[0, 1]"]),
+        ("sampler.n_clusters=0", ["sampler.n_clusters=0", ">= 1"]),
+    ],
+)
+def test_validate_names_the_bad_value_and_the_allowed_ones(compose_train, override, names):
+    with pytest.raises(ConfigError) as err:
+        validate(with_values(compose_train([]), override))
+    message = str(err.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        pytest.param(
+            "ipc=ten",
+            ["ipc='ten'"],
+        ),
+        pytest.param(
+            "ipc=1.5",
+            ["1.5"],
+        ),
+        pytest.param(
+            "evaluation.models=convnet",
+            ["'convnet'", "list"],
+        ),
+    ],
+)
+def test_validate_rejects_values_of_the_wrong_type(compose_train, override, names):
+    with pytest.raises(ConfigError) as err:
+        validate(with_values(compose_train([]), override))
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_validate_evaluation_on_the_eval_config(compose_eval):
+    with pytest.raises(ConfigError, match=r"evaluation\.repeats=0"):
+        validate_evaluation(compose_eval(["synthetic=x.pt", "repeats=0"]).evaluation)
+
+
+# --- validate_against_data ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["sampler.n_clusters=500"], ["500", "400", "1..400"]),
+        (["sampler.n_clusters=200", "sampler.n_per_cluster=3"], ["200 x 3", "600", "400"]),
+        (["ipc=200"], ["200 x 2^2", "800", "400"]),
+        (["sampler=herding", "distill.batch_real=401"], ["401", "400"]),
+    ],
+)
+def test_selections_larger_than_the_smallest_class_are_rejected(compose_train, overrides, names):
+    with pytest.raises(ConfigError) as err:
+        validate_against_data(configured(compose_train, overrides), MNIST_5K_CLASSES)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "mnist_5k" in message
+    for name in names:
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sampler.n_clusters=400"],
+        ["sampler.n_clusters=200", "sampler.n_per_cluster=2"],
+        ["ipc=100"],  # 100 x 2^2 = 400 images: exactly one class
+        ["init=noise", "ipc=200"],  # noise needs no real images
+        ["sampler=random", "distill.batch_real=1000"],  # random batches fall back to replacement
+    ],
+)
+def test_selections_that_fit_pass(compose_train, overrides):
+    validate_against_data(configured(compose_train, overrides), MNIST_5K_CLASSES)
+
+
+def test_the_smallest_class_decides(compose_train):
+    with pytest.raises(ConfigError, match=r"= 128 is too large.* 50 images"):
+        validate_against_data(compose_train([]), [400] * 9 + [50])
+
+
+# --- check_overrides ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "bad", "allowed"),
+    [
+        (["sampler=foo"], "foo", SAMPLER_OPTIONS),
+        (["ipc=3", "sampler=dream,foo"], "foo", SAMPLER_OPTIONS),
+        (["++sampler=bar"], "bar", SAMPLER_OPTIONS),
+        (["+experiment=x"], "x", ["cifar10_ipc10", "imagenet10_ipc1", "quickstart"]),
+        (["model=resnet18"], "resnet18", MODEL_NAMES),
+    ],
+)
+def test_unknown_group_option_lists_the_allowed_ones(argv, bad, allowed):
+    with pytest.raises(ConfigError) as err:
+        check_overrides(argv)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"'{bad}'" in message
+    for option in allowed:
+        assert option in message
+
+
+def test_known_options_and_plain_keys_pass():
+    check_overrides(
+        [
+            "-m",
+            "sampler.n_clusters=32",
+            "model=convnet",
+            "dataset=mnist,fashion_mnist",
+            "+experiment=quickstart",
+            "experiment=null",
+            "hydra.run.dir=somewhere",
+            "evaluation.models=[convnet,resnet10]",
+            "model=choice(convnet,resnet10)",
+        ]
+    )

@@ -1,0 +1,134 @@
+"""The evaluator: protocol arithmetic, stacked vs sequential training, baselines, bad inputs (real MNIST)."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dream_pl.config import CONF_DIR
+from dream_pl.data import load_dataset
+from dream_pl.evaluate import evaluate, expand_model_list
+from dream_pl.evaluation import EvalProtocol, evaluate_set
+from dream_pl.evaluation.sets import SetMismatchError, baseline_set, load_set
+from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
+from dream_pl.models import create_model
+from dream_pl.synthetic import SyntheticData, save_synthetic
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist_5k")
+
+
+def factory(width=16):
+    return lambda: create_model("convnet", channels=1, num_classes=10, size=28, width=width)
+
+
+def run(mnist, images, labels, *, stacked, epochs=30, repeats=3, dsa="color_crop_scale_rotate", cutmix_p=0.0):
+    protocol = EvalProtocol(epochs=epochs, repeats=repeats, dsa=dsa, cutmix_p=cutmix_p, stacked=stacked)
+    return evaluate_set(
+        factory(),
+        images,
+        labels,
+        (mnist.test_images, mnist.test_labels),
+        model="convnet",
+        mean=mnist.spec.mean,
+        std=mnist.spec.std,
+        num_classes=10,
+        protocol=protocol,
+        accelerator="cpu",
+    )
+
+
+def test_protocol_milestones_and_description():
+    p = EvalProtocol(epochs=1000)
+    assert p.milestones() == (666, 833)  # the reference's MultiStepLR at 2E/3 and 5E/6
+    assert "1000 epochs" in p.describe()
+    assert "final-epoch" in p.describe()
+
+
+def test_random_real_ipc10_far_above_chance(mnist):
+    images, labels = baseline_set("random", mnist, 10, seed=0)
+    assert images.shape == (100, 1, 28, 28)
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 10))
+    result = run(mnist, images, labels, stacked=None, repeats=2)
+    assert result.extra["stacked"] is True  # ConvNet with instance norm stacks under vmap
+    assert len(result.accuracies) == 2
+    assert result.mean > 60, result.accuracies  # chance is 10%
+
+
+def test_stacked_and_sequential_training_agree(mnist):
+    images, labels = baseline_set("random", mnist, 5, seed=1)
+    stacked = run(mnist, images, labels, stacked=True, epochs=20, cutmix_p=0.5)
+    sequential = run(mnist, images, labels, stacked=False, epochs=20, cutmix_p=0.5)
+    # same seeds, same batches and draws: the same networks up to float summation order
+    for a, b in zip(stacked.accuracies, sequential.accuracies, strict=True):
+        assert a == pytest.approx(b, abs=0.01)
+    assert len(set(stacked.accuracies)) > 1  # repeats really differ from each other
+
+
+def test_stacked_module_matches_individual_networks_at_init(mnist):
+    images, labels = baseline_set("random", mnist, 2, seed=0)
+    module = StackedClassifier(
+        factory(8), [3, 4], images, labels, mean=(0.1307,), std=(0.3081,), num_classes=10, epochs=1
+    )
+    x = torch.randn(2, 5, 1, 28, 28)
+    out = module.logits(x)
+    for r, seed in enumerate([3, 4]):
+        torch.manual_seed(seed)
+        net = factory(8)()
+        torch.testing.assert_close(out[r], net(x[r]), rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_nets_fall_back_to_sequential():
+    assert not supports_stacking(create_model("resnet10", channels=1, num_classes=10, size=28))
+    assert supports_stacking(create_model("convnet", channels=1, num_classes=10, size=28))
+
+
+def test_bad_paths_and_mismatched_sets_are_clear(mnist, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt"):
+        load_set(tmp_path / "nowhere.pt", mnist)
+    wrong_shape = SyntheticData(torch.rand(4, 3, 32, 32), torch.arange(4), dataset="mnist_5k")
+    save_synthetic(tmp_path / "shape.pt", wrong_shape)
+    with pytest.raises(SetMismatchError, match=r"\(3, 32, 32\).*\(1, 28, 28\)"):
+        load_set(tmp_path / "shape.pt", mnist)
+    wrong_classes = SyntheticData(torch.rand(2, 1, 28, 28), torch.tensor([0, 12]), dataset="mnist_5k")
+    save_synthetic(tmp_path / "classes.pt", wrong_classes)
+    with pytest.raises(SetMismatchError, match="label 12"):
+        load_set(tmp_path / "classes.pt", mnist)
+    other = SyntheticData(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), dataset="fashion_mnist")
+    save_synthetic(tmp_path / "other.pt", other)
+    with pytest.raises(SetMismatchError, match="fashion_mnist"):
+        load_set(tmp_path / "other.pt", mnist)
+
+
+def test_model_list_expands_to_one_call():
+    assert expand_model_list(["synthetic=x.pt", "model=convnet,resnet10"]) == [
+        "synthetic=x.pt",
+        "model=convnet",
+        "evaluation.models=[convnet,resnet10]",
+    ]
+    assert expand_model_list(["-m", "model=convnet,resnet10"]) == ["-m", "model=convnet,resnet10"]
+
+
+def test_evaluate_entry_writes_eval_json_with_baseline(tmp_path, mnist):
+    data = SyntheticData(
+        baseline_set("random", mnist, 4, seed=3)[0], torch.arange(10).repeat_interleave(4), dataset="mnist_5k"
+    )
+    save_synthetic(tmp_path / "synthetic.pt", data)
+    overrides = [
+        f"synthetic={tmp_path}",
+        f"out_dir={tmp_path}",
+        "model.width=8",
+        "repeats=2",
+        "evaluation.epochs=3",
+        "trainer.accelerator=cpu",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    rows = evaluate(cfg)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert [r["set"] for r in saved] == ["synthetic", "random (ipc 4)"]
+    assert all(len(r["accuracies"]) == 2 and r["model"] == "convnet" for r in rows)
+    assert "3 epochs" in saved[0]["protocol"]
