@@ -22,7 +22,6 @@ TINY = [
     "distill.save_every=1",
     "distill.n_data=32",
     "distill.batch_real=16",
-    "sampler.interval=3",
     "evaluation.enabled=false",
     "logger=none",
     "trainer.enable_progress_bar=false",
@@ -30,9 +29,9 @@ TINY = [
 
 
 def tiny_cfg(out: Path, *extra: str):
-    subset = [] if "sampler=random" in extra else ["sampler.embed_subset=100"]  # selection samplers only
+    selection = [] if "sampler=random" in extra else ["sampler.interval=3", "sampler.embed_subset=100"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *subset, f"out_dir={out}", *extra])
+        return compose("train", overrides=[*TINY, *selection, f"out_dir={out}", *extra])
 
 
 def test_effective_lr_matches_idc_table():
