@@ -132,3 +132,15 @@ def test_distribution_matcher_and_noise_init_run(tmp_path):
     module, trainer, *_ = distill(tiny_cfg(tmp_path, "matcher=distribution", "init=noise", "iterations=1"))
     assert trainer.global_step == 2
     assert torch.isfinite(module.synthetic.images).all()
+
+
+def test_periodic_evaluation_logs_an_accuracy_curve(tmp_path):
+    cfg = tiny_cfg(
+        tmp_path, "eval_every=1", "evaluation.periodic.epochs=2", "logger=csv", "evaluation.models=[convnet]"
+    )
+    _, trainer, out, _ = distill(cfg)
+    curve = next(cb for cb in trainer.callbacks if type(cb).__name__ == "PeriodicEvaluation").history
+    assert [row["iteration"] for row in curve] == [0.0, 1.0, 2.0, 3.0]  # the initial set, then every outer
+    assert all(0 <= row["acc"] <= 100 for row in curve)
+    logged = (out / "csv" / "metrics.csv").read_text()
+    assert "eval/convnet/acc" in logged.splitlines()[0]

@@ -84,6 +84,7 @@ def validate(cfg: DictConfig) -> None:
     """Range and name checks on a composed train config (no data needed)."""
     _require_int("ipc", cfg.ipc, note=" (images per class)")
     _require_int("iterations", cfg.iterations)
+    _require_int("eval_every", cfg.get("eval_every", 0), minimum=0, note=" (0 = off)")
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
     _check_choice("model.name", cfg.model.name, list_models())
     d = cfg.distill
@@ -118,6 +119,9 @@ def validate_evaluation(ev: DictConfig) -> None:
     )
     for name in ev.models:
         _check_choice("evaluation.models", name, list_models())
+    if "periodic" in ev:
+        for key in ("epochs", "repeats"):
+            _require_int(f"evaluation.periodic.{key}", ev.periodic[key])
     _check_strategy("evaluation.dsa", ev.dsa)
     _require(0.0 <= float(ev.cutmix_p) <= 1.0, f"evaluation.cutmix_p={ev.cutmix_p} must be in [0, 1]")
 

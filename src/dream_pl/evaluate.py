@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,27 +65,29 @@ def model_factory(cfg: DictConfig, name: str, real: RealData) -> partial[nn.Modu
     )
 
 
+def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., EvalResult]:
+    """``(images, labels, protocol) -> EvalResult``: architecture ``name`` tested on ``real``'s test set."""
+    return partial(
+        evaluate_set,
+        model_factory(cfg, name, real),
+        test=(real.test_images, real.test_labels),
+        model=name,
+        mean=real.spec.mean,
+        std=real.spec.std,
+        num_classes=real.spec.num_classes,
+        seed=cfg.seed,
+        accelerator=cfg.trainer.accelerator,
+    )
+
+
 def evaluate_sets(cfg: DictConfig, real: RealData, sets: dict[str, Any]) -> list[dict[str, Any]]:
     """Every (architecture, set) pair under the configured protocol; rows for a table."""
     protocol = protocol_from(cfg.evaluation)
     rows = []
     for name in cfg.evaluation.models:
-        factory = model_factory(cfg, name, real)
+        run = set_evaluator(cfg, name, real)
         for label, (images, labels) in sets.items():
-            result: EvalResult = evaluate_set(
-                factory,
-                images,
-                labels,
-                (real.test_images, real.test_labels),
-                model=name,
-                mean=real.spec.mean,
-                std=real.spec.std,
-                num_classes=real.spec.num_classes,
-                protocol=protocol,
-                seed=cfg.seed,
-                accelerator=cfg.trainer.accelerator,
-            )
-            rows.append({"set": label, **result.as_dict()})
+            rows.append({"set": label, **run(images, labels, protocol=protocol).as_dict()})
     return rows
 
 

