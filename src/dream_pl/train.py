@@ -59,7 +59,7 @@ def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
 
 
 def periodic_evaluation(cfg: DictConfig, data: RealData) -> PeriodicEvaluation:
-    """Accuracy of the current set every ``eval_every`` outer iterations, with the cheaper periodic protocol."""
+    """Accuracy of the current set every ``eval_every`` outer iterations (cheaper periodic protocol)."""
     name = cfg.evaluation.models[0]
     periodic = cfg.evaluation.periodic
     protocol = replace(protocol_from(cfg.evaluation), epochs=periodic.epochs, repeats=periodic.repeats)

