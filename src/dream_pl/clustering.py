@@ -181,6 +181,14 @@ def _faiss_usable(x: Tensor) -> bool:
     return not x.is_cuda or faiss.get_num_gpus() > 0
 
 
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """``faiss`` or ``torch``: what ``backend`` ("auto", "faiss", "torch") means for data like ``x``."""
+    _check("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "faiss" if _faiss_usable(x) else "torch"
+    return backend
+
+
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
@@ -202,12 +210,11 @@ def kmeans(
     ``"random"`` (k distinct uniform rows, as in the reference). "auto" picks faiss when it is
     importable and x is on the CPU or faiss has GPUs, else the torch loop on x's device.
     """
-    _check("backend", backend, BACKENDS)
     _check("init", init, INITS)
     if k > x.shape[0]:
         raise ValueError(f"k={k} clusters need at least k points, got M={x.shape[0]}")
     cfg = {"max_iter": max_iter, "tol": tol, "init": init}
-    if backend == "faiss" or (backend == "auto" and _faiss_usable(x)):
+    if resolve_backend(backend, x) == "faiss":
         return _faiss_kmeans(x, k, seed, cfg)
     mask = torch.ones(1, x.shape[0], dtype=torch.bool, device=x.device)
     return _lloyd(x[None], mask, k, [seed], cfg)[0]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from dream_pl.clustering import select_representatives
+from dream_pl.clustering import batched_kmeans, nearest_to_centres, resolve_backend, select_representatives
+from dream_pl.data import RealSet
+from dream_pl.features import embed_class
 from dream_pl.samplers.base import SelectionSampler
+
+BATCH_ELEMENTS = 2**28  # padded features clustered together: 1 GiB of float32 per class group
 
 
 class RepresentativeSampler(SelectionSampler):
@@ -53,3 +58,54 @@ class RepresentativeSampler(SelectionSampler):
             seed=seed,
             max_iter=self.max_iter,
         )
+
+    def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
+        """Per-class faiss K-means, or the torch backend on all classes at once (grouped to bound memory)."""
+        probe = real.images[:1].float()
+        if resolve_backend(self.backend, probe) == "faiss":
+            return super().refresh(net, real, seed=seed)
+        cands = [self.candidates(real, c, seed) for c in range(real.num_classes)]
+        feats = [
+            embed_class(net, real, c, indices=cand, chunk=self.embed_chunk) for c, cand in enumerate(cands)
+        ]
+        selection: list[Tensor] = []
+        for group in _class_groups([f.shape for f in feats]):
+            results = batched_kmeans(
+                _pad([feats[c] for c in group]),
+                self.n_clusters,
+                mask=_mask([len(feats[c]) for c in group], probe.device),
+                max_iter=self.max_iter,
+                seed=seed + group[0],
+            )
+            for c, result in zip(group, results, strict=True):
+                chosen = nearest_to_centres(feats[c], result.centroids, self.n_per_cluster).flatten()
+                selection.append(chosen if cands[c] is None else cands[c][chosen])
+        self.selection = selection
+        return {}
+
+
+def _class_groups(shapes: list[torch.Size]) -> list[list[int]]:
+    """Consecutive classes whose padded features stay within :data:`BATCH_ELEMENTS`."""
+    groups: list[list[int]] = [[]]
+    widest = 0
+    for c, (m, d) in enumerate(shapes):
+        widest_if_added = max(widest, m)
+        if groups[-1] and (len(groups[-1]) + 1) * widest_if_added * d > BATCH_ELEMENTS:
+            groups.append([])
+            widest_if_added = m
+        groups[-1].append(c)
+        widest = widest_if_added
+    return groups
+
+
+def _pad(feats: list[Tensor]) -> Tensor:
+    """[G, M_max, D] with zero rows past each class's end (masked out of K-means)."""
+    out = feats[0].new_zeros(len(feats), max(len(f) for f in feats), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, : len(f)] = f
+    return out
+
+
+def _mask(sizes: list[int], device: torch.device) -> Tensor:
+    """[G, M_max] True on each class's real rows."""
+    return torch.arange(max(sizes), device=device)[None] < torch.tensor(sizes, device=device)[:, None]

