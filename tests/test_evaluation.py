@@ -132,3 +132,15 @@ def test_evaluate_entry_writes_eval_json_with_baseline(tmp_path, mnist):
     assert [r["set"] for r in saved] == ["synthetic", "random (ipc 4)"]
     assert all(len(r["accuracies"]) == 2 and r["model"] == "convnet" for r in rows)
     assert "3 epochs" in saved[0]["protocol"]
+
+
+def test_report_states_protocol_and_gain_over_random():
+    from dream_pl.evaluate import format_table
+
+    row = {"model": "convnet", "images": 40, "seconds": 3.0, "protocol": "P", "std": 0.5}
+    table = format_table(
+        [{**row, "set": "distilled", "mean": 91.4}, {**row, "set": "random (ipc 1)", "mean": 61.6}]
+    )
+    assert "| distilled | convnet | 40 | 91.4 ± 0.5 | 3 |" in table
+    assert "distilled vs random (ipc 1) (convnet): +29.8 points" in table
+    assert table.endswith("protocol: P")

@@ -209,14 +209,17 @@ def cutmix(
 
     Returns (x_mixed, y_a, y_b, lam) with lam the exact fraction of pixels each image keeps
     after clipping the box, so ``cutmix_loss`` weights the two labels by visible area.
-    All draws use ``generator`` except lam when ``beta != 1``, which comes from the global RNG.
+    All draws use ``generator`` except lam when ``beta != 1``, which comes from the global RNG. The
+    draws happen on the generator's device (pass a CPU generator for GPU data: the box is read on the
+    host, and drawing it there avoids a device sync every step).
     """
     b, _, h, w = x.shape
-    lam = _sample_lam(beta, generator, x.device)
-    perm = torch.randperm(b, generator=generator, device=x.device)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    lam = _sample_lam(beta, generator, draw_device)
+    perm = torch.randperm(b, generator=generator, device=draw_device).to(x.device)
     cut = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(h * cut), int(w * cut)
-    centre = torch.randint(0, h * w, (1,), generator=generator, device=x.device).item()
+    centre = torch.randint(0, h * w, (1,), generator=generator, device=draw_device).item()
     cy, cx = divmod(int(centre), w)
     y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
     x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)

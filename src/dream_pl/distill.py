@@ -161,7 +161,7 @@ class DistillModule(pl.LightningModule):
             x, y = self.real.sample(self.cfg.batch_real, g_cpu)
             x = self.net_aug(x, shared=False, generator=g_dev)
             if float(torch.rand((), generator=g_cpu)) < self.cfg.net_cutmix_p:
-                x, y_a, y_b, lam = cutmix(x, y, generator=g_cpu if x.device.type == "cpu" else g_dev)
+                x, y_a, y_b, lam = cutmix(x, y, generator=g_cpu)
                 loss = cutmix_loss(self.net(x), y_a, y_b, lam)
             else:
                 loss = F.cross_entropy(self.net(x), y)

@@ -99,6 +99,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['set']} | {r['model']} | {r['images']} "
             f"| {r['mean']:.1f} ± {r['std']:.1f} | {r['seconds']:.0f} |"
         )
+    baselines = {r["model"]: r for r in rows if r["set"].startswith("random")}
+    for r in rows:
+        base = baselines.get(r["model"])
+        if base is not None and r is not base:
+            gain = r["mean"] - base["mean"]
+            lines.append(f"\n{r['set']} vs {base['set']} ({r['model']}): {gain:+.1f} points")
     if rows:
         lines.append(f"\nprotocol: {rows[0]['protocol']}")
     return "\n".join(lines)

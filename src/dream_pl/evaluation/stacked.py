@@ -129,14 +129,14 @@ class StackedClassifier(pl.LightningModule):
         y = self.labels[idx]
         step_seed = self.seed * 1_000_003 + self.global_step
         g = torch.Generator(device=self.device).manual_seed(step_seed)
-        g_cpu = torch.Generator().manual_seed(step_seed)  # CutMix coin flips: no host sync on a GPU
+        g_cpu = torch.Generator().manual_seed(step_seed)  # CutMix draws on the host: no device sync
         x = self.aug(x.flatten(0, 1), shared=False, generator=g).view_as(x)
         if self.cutmix_p <= 0:
             return F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / b
         mixed, targets = [], []
         for xr, yr in zip(x, y, strict=True):
             if float(torch.rand((), generator=g_cpu)) < self.cutmix_p:
-                xr, y_a, y_b, lam = cutmix(xr, yr, generator=g)
+                xr, y_a, y_b, lam = cutmix(xr, yr, generator=g_cpu)
                 targets.append((y_a, y_b, lam))
             else:
                 targets.append((yr, yr, 1.0))
