@@ -144,3 +144,18 @@ def test_periodic_evaluation_logs_an_accuracy_curve(tmp_path):
     assert all(0 <= row["acc"] <= 100 for row in curve)
     logged = (out / "csv" / "metrics.csv").read_text()
     assert "eval/convnet/acc" in logged.splitlines()[0]
+
+
+def test_diagnostics_and_per_class_losses_are_logged(tmp_path):
+    cfg = tiny_cfg(tmp_path, "diagnostics_every=3", "logger=csv", "trainer.log_every_n_steps=1")
+    distill(cfg)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("mmd_selected", "mmd_random", "gradnorm_selected", "gradnorm_random"):
+        assert f"distill/diag/{key}" in header
+    assert {f"distill/loss_class/{c}" for c in range(10)} <= set(header)
+    assert {
+        "distill/time/match_s",
+        "distill/time/net_s",
+        "distill/time/cluster_s",
+        "distill/peak_mem_mb",
+    } <= set(header)

@@ -85,6 +85,7 @@ def validate(cfg: DictConfig) -> None:
     _require_int("ipc", cfg.ipc, note=" (images per class)")
     _require_int("iterations", cfg.iterations)
     _require_int("eval_every", cfg.get("eval_every", 0), minimum=0, note=" (0 = off)")
+    _require_int("diagnostics_every", cfg.get("diagnostics_every", 0), minimum=0, note=" (0 = off)")
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
     _check_choice("model.name", cfg.model.name, list_models())
     d = cfg.distill

@@ -193,6 +193,7 @@ class DistillModule(pl.LightningModule):
         t2 = time.perf_counter()
         if inner == self.cfg.inner_loops - 1:
             self._new_net(outer + 1)
+        self.log_dict({f"distill/loss_class/{c}": loss for c, loss in enumerate(losses)}, on_step=True)
         self.log_dict(
             {
                 "distill/loss": sum(losses) / len(losses),

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dream_pl.callbacks import ClusteringCallback, PeriodicEvaluation, SyntheticExport
+from dream_pl.callbacks import ClusteringCallback, DiagnosticsCallback, PeriodicEvaluation, SyntheticExport
 from dream_pl.config import check_overrides, validate, validate_against_data
 from dream_pl.data import RealData, RealSet, load_dataset
 from dream_pl.distill import DistillConfig, DistillModule
@@ -95,6 +95,8 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
     ]
     if module.sampler.interval:
         callbacks.append(ClusteringCallback(module.sampler.interval))
+    if cfg.diagnostics_every:
+        callbacks.append(DiagnosticsCallback(cfg.diagnostics_every))
     if cfg.eval_every:
         callbacks.append(periodic_evaluation(cfg, data))
     trainer = instantiate(
