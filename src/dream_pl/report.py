@@ -1,0 +1,170 @@
+"""Sweep report: ``python -m dream_pl.report <multirun dir>`` -> report.md, a heat map and curves.
+
+Reads every job of a Hydra multirun (its ``.hydra/overrides.yaml``, ``eval.json`` and, when periodic
+evaluation was on, ``csv/metrics.csv``), groups jobs by their swept values except the seed, and reports
+the distilled set's final accuracy as mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import yaml
+
+SEED_KEYS = ("seed",)
+DISTILLED = ("distilled", "synthetic")
+
+
+def read_job(job: Path) -> dict[str, Any] | None:
+    """Overrides, final accuracy per model and accuracy curve of one job (None if it has no eval.json)."""
+    overrides_file, eval_file = job / ".hydra" / "overrides.yaml", job / "eval.json"
+    if not (overrides_file.is_file() and eval_file.is_file()):
+        return None
+    overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [])
+    rows = json.loads(eval_file.read_text())
+    acc = {r["model"]: r["mean"] for r in rows if r["set"] in DISTILLED}
+    return {
+        "job": job.name,
+        "overrides": overrides,
+        "acc": acc,
+        "curve": read_curve(job / "csv" / "metrics.csv"),
+    }
+
+
+def read_curve(path: Path) -> list[tuple[float, float]]:
+    """(outer iteration, accuracy) pairs logged by periodic evaluation, if any."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    key = next((k for k in (rows[0] if rows else {}) if k.startswith("eval/") and k.endswith("/acc")), None)
+    return [(float(r["iteration"]), float(r[key])) for r in rows if key and r.get(key) and r.get("iteration")]
+
+
+def summarize(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Swept keys (seed excluded) and one row per setting: mean ± std of the first model's accuracy."""
+    keys = sorted({k for j in jobs for k in j["overrides"]} - set(SEED_KEYS))
+    swept = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for j in jobs:
+        groups[tuple(j["overrides"].get(k, "") for k in swept)].append(j)
+    rows = []
+    for setting, members in sorted(groups.items(), key=lambda kv: [_sortable(v) for v in kv[0]]):
+        accs = [next(iter(m["acc"].values())) for m in members if m["acc"]]
+        rows.append(
+            {
+                **dict(zip(swept, setting, strict=True)),
+                "seeds": len(accs),
+                "mean": statistics.fmean(accs) if accs else float("nan"),
+                "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                "curves": [m["curve"] for m in members if m["curve"]],
+            }
+        )
+    return swept, rows
+
+
+def _sortable(value: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+def markdown(swept: list[str], rows: list[dict[str, Any]]) -> str:
+    """The summary as a markdown table."""
+    head = [*swept, "seeds", "top-1 (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r[k]) for k in swept] + [str(r["seeds"]), f"{r['mean']:.1f} ± {r['std']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def heatmap(swept: list[str], rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Mean accuracy over a two-key grid (e.g. N x n, Table 5); None unless exactly two keys were swept."""
+    if len(swept) != 2:
+        return None
+    xs = sorted({r[swept[0]] for r in rows}, key=_sortable)
+    ys = sorted({r[swept[1]] for r in rows}, key=_sortable)
+    grid = [[float("nan")] * len(xs) for _ in ys]
+    for r in rows:
+        grid[ys.index(r[swept[1]])][xs.index(r[swept[0]])] = r["mean"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2, 1.0 * len(ys) + 1.5))
+    im = ax.imshow(grid, cmap="viridis", origin="lower")
+    ax.set(
+        xticks=range(len(xs)),
+        xticklabels=xs,
+        yticks=range(len(ys)),
+        yticklabels=ys,
+        xlabel=swept[0],
+        ylabel=swept[1],
+    )
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w")
+    fig.colorbar(im, ax=ax, label="top-1 (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves(swept: list[str], rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Accuracy vs outer iteration, one line per setting (mean over seeds); None without periodic eval."""
+    if not any(r["curves"] for r in rows):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if not r["curves"]:
+            continue
+        points = defaultdict(list)
+        for curve in r["curves"]:
+            for it, acc in curve:
+                points[it].append(acc)
+        its = sorted(points)
+        label = ", ".join(f"{k}={r[k]}" for k in swept) or "run"
+        ax.plot(its, [statistics.fmean(points[i]) for i in its], marker="o", label=label)
+    ax.set(xlabel="outer iteration", ylabel="top-1 (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(multirun_dir: str | Path) -> str:
+    """Write report.md (+ heatmap.png / curves.png where they apply) into the multirun directory."""
+    root = Path(multirun_dir)
+    jobs = [j for d in sorted(root.iterdir()) if d.is_dir() and (j := read_job(d))]
+    if not jobs:
+        raise FileNotFoundError(f"no finished jobs (with .hydra/overrides.yaml and eval.json) under {root}")
+    swept, rows = summarize(jobs)
+    text = f"# Sweep report: {root}\n\n{len(jobs)} jobs, mean ± std over seeds\n\n{markdown(swept, rows)}\n"
+    for name, fn in (("heatmap.png", heatmap), ("curves.png", curves)):
+        if fn(swept, rows, root / name):
+            text += f"\n![{name}]({name})\n"
+    (root / "report.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    """Console entry."""
+    parser = argparse.ArgumentParser(description="Summarise a dream_pl multirun directory.")
+    parser.add_argument("multirun_dir")
+    args = parser.parse_args()
+    try:
+        print(report(args.multirun_dir))
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
