@@ -24,7 +24,7 @@ from dream_pl.data import RealData, load_dataset
 from dream_pl.evaluation import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.evaluation.sets import BASELINES, baseline_set, load_set
 from dream_pl.models import create_model
-from dream_pl.runner import output_dir, report_user_errors
+from dream_pl.runner import make_loggers, output_dir, report_user_errors
 from dream_pl.synthetic import load_synthetic
 
 
@@ -143,6 +143,9 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             sets[f"random (ipc {ipc})"] = baseline_set("random", real, ipc, seed=cfg.seed)
     rows = evaluate_sets(cfg, real, sets)
     write_report(rows, out)
+    for logger in make_loggers(cfg, out, job_type="eval"):
+        logger.log_metrics({f"eval/{r['model']}/{r['set']}/acc": r["mean"] for r in rows}, step=0)
+        logger.finalize("success")
     return rows
 
 

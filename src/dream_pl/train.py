@@ -20,7 +20,7 @@ from dream_pl.data import RealData, RealSet, load_dataset
 from dream_pl.distill import DistillConfig, DistillModule
 from dream_pl.evaluate import evaluate_sets, protocol_from, set_evaluator, write_report
 from dream_pl.evaluation.sets import baseline_set, load_set
-from dream_pl.runner import make_loggers, output_dir, plain_config, report_user_errors
+from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
 
 
 def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
@@ -104,7 +104,7 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
         max_steps=cfg.iterations * cfg.distill.inner_loops,
         max_epochs=-1,
         callbacks=callbacks,
-        logger=make_loggers(cfg, out) or False,
+        logger=make_loggers(cfg, out, job_type="distill") or False,
         default_root_dir=str(out),
     )
     trainer.fit(module, ckpt_path=resume_path(cfg, out))
@@ -141,7 +141,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = report_user_errors(lambda: train(cfg))
+    try:
+        metrics = report_user_errors(lambda: train(cfg))
+    finally:
+        close_wandb()
     value = metrics.get(cfg.get("optimized_metric", ""), None)
     return None if value is None else float(value)
 

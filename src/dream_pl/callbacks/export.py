@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from dream_pl.synthetic import save_grid, save_synthetic
 
@@ -18,27 +20,21 @@ class SyntheticExport(pl.Callback):
         dirpath: run directory; writes ``synthetic.pt`` and ``synthetic.png`` there (atomically).
         every_n_steps: steps between exports (0: only at the end).
         config: resolved run config stored inside the file.
-        on_export: called with the exported file's path (e.g. to log the grid).
+
+    The grid also goes to the run's image-capable loggers (W&B, TensorBoard) as ``distill/synthetic``.
     """
 
-    def __init__(
-        self,
-        dirpath: str | Path,
-        every_n_steps: int,
-        config: dict[str, Any] | None = None,
-        on_export: Callable[[Path], None] | None = None,
-    ) -> None:
+    def __init__(self, dirpath: str | Path, every_n_steps: int, config: dict[str, Any] | None = None) -> None:
         self.dirpath, self.every_n_steps, self.config = Path(dirpath), every_n_steps, config or {}
-        self.on_export = on_export
 
     def export(self, pl_module: pl.LightningModule, name: str = "synthetic") -> Path:
         """Write the current synthetic set as ``<name>.pt`` and ``<name>.png``; returns the ``.pt`` path."""
         data = pl_module.export(self.config)
         path = self.dirpath / f"{name}.pt"
         save_synthetic(path, data)
-        save_grid(self.dirpath / f"{name}.png", data.images, data.labels)
-        if self.on_export is not None:
-            self.on_export(path)
+        grid = self.dirpath / f"{name}.png"
+        save_grid(grid, data.images, data.labels)
+        log_grid(pl_module, grid, f"distill/{name}")
         return path
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -61,3 +57,14 @@ class SyntheticExport(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Final export."""
         self.export(pl_module)
+
+
+def log_grid(pl_module: pl.LightningModule, png: Path, key: str) -> None:
+    """Send an image grid to the loggers that show images (W&B, TensorBoard); CSV ignores it."""
+    step = pl_module.global_step
+    for logger in pl_module.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(png)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            image = torch.from_numpy(plt.imread(png)[..., :3].copy()).permute(2, 0, 1)
+            logger.experiment.add_image(key, image, step)
