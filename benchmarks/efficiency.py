@@ -1,0 +1,107 @@
+"""DREAM vs random sampling on real FashionMNIST: accuracy vs iteration, and iterations to match.
+
+Runs two Hydra multiruns of an efficiency preset (random sampler; DREAM sampler), over IPC and seeds,
+then reports per IPC: both final accuracies (mean ± std over seeds), and the first outer iteration at
+which DREAM's mean periodic accuracy reaches the random sampler's final periodic accuracy. Writes
+efficiency.md and efficiency.png into --out.
+Run: python benchmarks/efficiency.py [--preset efficiency_cpu] [--ipcs 1,10] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from dream_pl.report import read_job
+
+SAMPLERS = {"random": [], "dream": ["sampler.embed_subset=1000"]}
+
+
+def run_sweeps(args: argparse.Namespace, root: Path) -> None:
+    for sampler, extra in SAMPLERS.items():
+        cmd = [sys.executable, "-m", "dream_pl.train", "-m", f"experiment={args.preset}",
+               f"sampler={sampler}", f"ipc={args.ipcs}", f"seed={args.seeds}",
+               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={root / sampler}", *extra]  # fmt: skip
+        subprocess.run(cmd, check=True)
+
+
+def collect(root: Path) -> dict[tuple[str, str], list[dict]]:
+    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for sampler in SAMPLERS:
+        for job in sorted((root / sampler).iterdir()):
+            if job.is_dir() and (j := read_job(job)):
+                runs[sampler, j["overrides"].get("ipc", "?")].append(j)
+    return runs
+
+
+def mean_curve(jobs: list[dict]) -> list[tuple[float, float]]:
+    points = defaultdict(list)
+    for j in jobs:
+        for it, acc in j["curve"]:
+            points[it].append(acc)
+    return [(it, statistics.fmean(points[it])) for it in sorted(points)]
+
+
+def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -> str:
+    ipcs = sorted({ipc for _, ipc in runs}, key=int)
+    lines = [
+        f"preset `{preset}`; final = full evaluation at the end, curve = periodic evaluation",
+        "",
+        "| IPC | random final (%) | DREAM final (%) | random curve end (%) | DREAM reaches it at | of |",
+        "|---|---|---|---|---|---|",
+    ]
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(5 * len(ipcs), 3.6), squeeze=False)
+    for ax, ipc in zip(axes[0], ipcs, strict=True):
+        finals = {}
+        curves = {}
+        for sampler in SAMPLERS:
+            jobs = runs[sampler, ipc]
+            accs = [next(iter(j["acc"].values())) for j in jobs]
+            finals[sampler] = (
+                statistics.fmean(accs),
+                statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                len(accs),
+            )
+            curves[sampler] = mean_curve(jobs)
+            ax.plot(*zip(*curves[sampler], strict=True), marker="o", label=f"{sampler} ({len(accs)} seeds)")
+        target = curves["random"][-1][1]
+        reach = next((it for it, acc in curves["dream"] if acc >= target), None)
+        last = curves["random"][-1][0]
+        r, d = finals["random"], finals["dream"]
+        lines.append(
+            f"| {ipc} | {r[0]:.1f} ± {r[1]:.1f} | {d[0]:.1f} ± {d[1]:.1f} | {target:.1f} | "
+            f"{'not reached' if reach is None else f'{reach:g}'} | {last:g} |"
+        )
+        ax.axhline(target, ls=":", c="gray")
+        ax.set(title=f"FashionMNIST IPC {ipc}", xlabel="outer iteration", ylabel="top-1 (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "efficiency.png", dpi=120)
+    text = "\n".join(lines) + "\n\n![accuracy vs iteration](efficiency.png)\n"
+    (out / "efficiency.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="efficiency_cpu")
+    parser.add_argument("--ipcs", default="1,10")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default="docs/efficiency")
+    parser.add_argument("--report-only", action="store_true", help="summarise existing sweeps under --out")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_sweeps(args, out / "runs")
+    print(summarise(collect(out / "runs"), out, args.preset))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Seconds per inner step with the random vs the DREAM sampler, in one process, on real FashionMNIST.
+
+Paper-scale settings by default (reference_costs.md): IPC 10, factor 2, ConvNet-3 width 128 instance norm,
+batch_real 128, n_data 500, l1 matching; DREAM clusters every 10 steps over each whole class (~6,000
+images). Times --steps inner steps per sampler, plus one clustering event, and prints the overhead of
+DREAM over random sampling at I_int = 10.
+Run: python benchmarks/step.py [--steps 3] [--width 128] [--embed-subset N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from dream_pl.config import CONF_DIR
+from dream_pl.data import RealSet, load_dataset
+from dream_pl.train import build_module
+
+
+def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec):
+    overrides = ["dataset=fashion_mnist", f"sampler={sampler}", f"model.width={args.width}", "ipc=10"]
+    if sampler == "dream" and args.embed_subset:
+        overrides.append(f"sampler.embed_subset={args.embed_subset}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    module = build_module(cfg, real, spec).to(args.device)
+    module.real = real
+    with torch.no_grad():
+        module.synthetic.images.copy_(module.initializer(real, module.net, ipc=10, factor=2, seed=0))
+    return module
+
+
+def time_steps(module, steps: int) -> float:
+    opt = torch.optim.SGD([module.synthetic.images], lr=1e-4, momentum=0.5)
+    start = time.perf_counter()
+    for step in range(steps):
+        g_cpu, g_dev = module.generators(step)
+        opt.zero_grad()
+        for c in range(module.real.num_classes):
+            module.match_class(c, g_cpu, g_dev).backward(inputs=[module.synthetic.images])
+        opt.step()
+        module.train_net(g_cpu, g_dev)
+    if module.synthetic.images.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--embed-subset", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    data = load_dataset("fashion_mnist")
+    real = RealSet.from_data(data, device=args.device)
+    random_step = time_steps(module_for("random", args, real, data.spec), args.steps)
+    dream = module_for("dream", args, real, data.spec)
+    start = time.perf_counter()
+    dream.sampler.refresh(dream.net, real, seed=0)
+    cluster = time.perf_counter() - start
+    dream_step = time_steps(dream, args.steps)
+    overhead = (dream_step + cluster / args.interval) / random_step - 1
+    threads = torch.get_num_threads()
+    print(f"\nFashionMNIST IPC 10, f 2, ConvNet-3 w{args.width}, {args.device}, {threads} threads")
+    print("| quantity | seconds |")
+    print("|---|---|")
+    print(f"| inner step, random sampler | {random_step:.2f} |")
+    print(f"| inner step, DREAM sampler (between events) | {dream_step:.2f} |")
+    print(f"| one clustering event (10 classes, embed + K-means) | {cluster:.1f} |")
+    print(f"| DREAM overhead at I_int={args.interval} | {100 * overhead:+.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
