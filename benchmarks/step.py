@@ -21,7 +21,7 @@ from dream_pl.train import build_module
 
 
 def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec):
-    # random init: the step cost does not depend on where the images start, and K-means init embeds every image
+    # random init: the step cost does not depend on where images start; K-means init embeds every image
     overrides = [
         "dataset=fashion_mnist",
         f"sampler={sampler}",
