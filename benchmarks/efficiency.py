@@ -27,7 +27,8 @@ def run_sweeps(args: argparse.Namespace, root: Path) -> None:
     for sampler, extra in SAMPLERS.items():
         cmd = [sys.executable, "-m", "dream_pl.train", "-m", f"experiment={args.preset}",
                f"sampler={sampler}", f"ipc={args.ipcs}", f"seed={args.seeds}",
-               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={root / sampler}", *extra]  # fmt: skip
+               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={root / sampler}", *extra,
+               *args.overrides]  # fmt: skip
         subprocess.run(cmd, check=True)
 
 
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="docs/efficiency")
     parser.add_argument("--report-only", action="store_true", help="summarise existing sweeps under --out")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
