@@ -109,7 +109,7 @@ def test_experiment_preset_composes_and_matches_its_name(compose_train, preset):
     assert cfg.sampler._target_.endswith("RepresentativeSampler")
     assert cfg.init._target_.endswith("KMeansInit")
     assert cfg.model.name in cfg.evaluation.models
-    if preset != "quickstart":
+    if "_ipc" in preset:  # the paper presets; quickstart and efficiency_* are scaled studies
         name, ipc = preset.rsplit("_ipc", 1)
         assert cfg.ipc == int(ipc)
         assert cfg.dataset.name == {"imagenet10": "imagenet_subset"}.get(name, name)
@@ -216,10 +216,12 @@ def test_every_logger_builds_offline(compose_train, tmp_path, monkeypatch, optio
 
 def test_make_loggers_writes_under_the_run_directory(compose_train, tmp_path):
     cfg = with_values(compose_train(["logger=csv"]), "ipc=7")
-    (logger,) = make_loggers(cfg, tmp_path)
+    (logger,) = make_loggers(cfg, tmp_path, job_type="distill")
     logger.save()
     hparams = OmegaConf.load(tmp_path / "csv" / "hparams.yaml")
     assert hparams.ipc == 7
+    assert hparams.seed == cfg.seed
+    assert hparams.git_commit  # the source tree's commit (or "unknown" outside git)
     assert hparams.distill.n_data == 500  # resolved, not "${dataset.recipe.n_data}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,8 @@ from dream_pl.synthetic import load_synthetic
 
 def protocol_from(ev: DictConfig) -> EvalProtocol:
     """The ``evaluation`` config block as an :class:`EvalProtocol`."""
-    return EvalProtocol(
-        epochs=ev.epochs,
-        repeats=ev.repeats,
-        batch_size=ev.batch_size,
-        lr=ev.lr,
-        momentum=ev.momentum,
-        weight_decay=ev.weight_decay,
-        lr_milestones=tuple(ev.lr_milestones),
-        lr_gamma=ev.lr_gamma,
-        dsa=ev.dsa,
-        cutmix_p=ev.cutmix_p,
-        test_batch=ev.test_batch,
-    )
+    knobs = {f.name: ev[f.name] for f in fields(EvalProtocol) if f.name in ev}
+    return EvalProtocol(**knobs | {"lr_milestones": tuple(ev.lr_milestones)})
 
 
 def model_factory(cfg: DictConfig, name: str, real: RealData) -> partial[nn.Module]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,24 +29,8 @@ def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
     net_factory = partial(
         instantiate(cfg.model), channels=spec.channels, num_classes=spec.num_classes, size=spec.size
     )
-    loop = DistillConfig(
-        ipc=cfg.ipc,
-        factor=d.factor,
-        lr_img=d.lr_img,
-        lr_size_base=cfg.dataset.recipe.lr_size_base,
-        momentum_img=d.momentum_img,
-        batch_real=d.batch_real,
-        batch_syn_max=d.batch_syn_max,
-        n_data=d.n_data,
-        lr_net=d.lr_net,
-        momentum_net=d.momentum_net,
-        weight_decay_net=d.weight_decay_net,
-        match_dsa=d.match_dsa,
-        net_dsa=d.net_dsa,
-        net_cutmix_p=d.net_cutmix_p,
-        inner_loops=d.inner_loops,
-        seed=cfg.seed,
-    )
+    knobs = {f.name: d[f.name] for f in fields(DistillConfig) if f.name in d}
+    loop = DistillConfig(**knobs, ipc=cfg.ipc, lr_size_base=cfg.dataset.recipe.lr_size_base, seed=cfg.seed)
     return DistillModule(
         real=real,
         net_factory=net_factory,

@@ -8,8 +8,8 @@ from dream_pl.coreset import herding, kcenter
 from dream_pl.samplers.base import SelectionSampler
 
 
-class HerdingSampler(SelectionSampler):
-    """Match against the class's herding selection of ``batch_size`` images, refreshed every ``interval``."""
+class _CoresetSampler(SelectionSampler):
+    """A fixed-size selection per class, refreshed every ``interval`` steps; subclasses pick the rule."""
 
     def __init__(
         self,
@@ -24,6 +24,10 @@ class HerdingSampler(SelectionSampler):
     def batch_size(self) -> int:
         """Real images per matching batch."""
         return self._batch_size
+
+
+class HerdingSampler(_CoresetSampler):
+    """Match against the class's herding selection of ``batch_size`` images."""
 
     def select(self, features: Tensor, *, seed: int) -> Tensor:
         """Herding on the class's features."""
@@ -31,22 +35,8 @@ class HerdingSampler(SelectionSampler):
         return herding(features, self._batch_size)
 
 
-class KCenterSampler(SelectionSampler):
-    """Match against the class's greedy k-center selection, refreshed every ``interval``."""
-
-    def __init__(
-        self,
-        batch_size: int = 128,
-        interval: int = 10,
-        embed_subset: int | None = None,
-        embed_chunk: int = 512,
-    ) -> None:
-        super().__init__(interval=interval, embed_subset=embed_subset, embed_chunk=embed_chunk)
-        self._batch_size = batch_size
-
-    def batch_size(self) -> int:
-        """Real images per matching batch."""
-        return self._batch_size
+class KCenterSampler(_CoresetSampler):
+    """Match against the class's greedy k-center selection of ``batch_size`` images."""
 
     def select(self, features: Tensor, *, seed: int) -> Tensor:
         """Greedy k-center on the class's features."""
