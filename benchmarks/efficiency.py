@@ -24,7 +24,8 @@ SAMPLERS = {"random": [], "dream": ["sampler.embed_subset=1000"]}
 
 
 def run_sweeps(args: argparse.Namespace, root: Path) -> None:
-    for sampler, extra in SAMPLERS.items():
+    for sampler in args.samplers.split(","):
+        extra = SAMPLERS[sampler]
         cmd = [sys.executable, "-m", "dream_pl.train", "-m", f"experiment={args.preset}",
                f"sampler={sampler}", f"ipc={args.ipcs}", f"seed={args.seeds}",
                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={root / sampler}", *extra,
@@ -50,7 +51,8 @@ def mean_curve(jobs: list[dict]) -> list[tuple[float, float]]:
 
 
 def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -> str:
-    ipcs = sorted({ipc for _, ipc in runs}, key=int)
+    # only IPCs that both samplers finished (a sweep may have been cut short)
+    ipcs = sorted({ipc for _, ipc in runs if all(runs.get((s, ipc)) for s in SAMPLERS)}, key=int)
     lines = [
         f"preset `{preset}`; final = full evaluation at the end, curve = periodic evaluation",
         "",
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--ipcs", default="1,10")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="docs/efficiency")
+    parser.add_argument("--samplers", default="random,dream", help="which sweeps to run")
     parser.add_argument("--report-only", action="store_true", help="summarise existing sweeps under --out")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()

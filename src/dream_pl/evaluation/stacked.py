@@ -4,7 +4,8 @@ A synthetic set has tens to hundreds of images, so a single network leaves the d
 repeats' parameters on a leading dimension turns R small steps into one batched step; the summed loss
 gives each network exactly the gradient it would get alone, and SGD is element-wise, so the result is R
 independent trainings. Networks with batch norm (running statistics updated in place) cannot run under
-``vmap`` and are trained as a list instead, still in one Lightning loop.
+``vmap`` and are trained as a list instead, still in one Lightning loop; so are all networks on a CPU,
+where vmap's grouped convolutions are slower than a loop (see ``protocol.use_stacking``).
 """
 
 from __future__ import annotations
