@@ -92,8 +92,8 @@ def test_clustering_callback_fires_every_interval():
         def __init__(self):
             self.selection = []
 
-        def state_dict(self):
-            return {"selection": self.selection}
+        def ready(self):
+            return bool(self.selection)
 
         def refresh(self, net, real, *, seed):
             refreshed.append(seed)

@@ -28,7 +28,7 @@ class ClusteringCallback(pl.Callback):
         """Refresh on every multiple of the interval (and whenever no selection exists yet)."""
         step = trainer.global_step
         sampler = pl_module.sampler
-        if step % self.interval and sampler.state_dict().get("selection"):
+        if step % self.interval and sampler.ready():
             return
         t0 = time.perf_counter()
         stats = sampler.refresh(pl_module.net, pl_module.real, seed=pl_module.cfg.seed * 1_000_003 + step)

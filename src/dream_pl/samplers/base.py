@@ -34,6 +34,10 @@ class Sampler(ABC):
         """Real images per matching batch."""
         raise NotImplementedError
 
+    def ready(self) -> bool:
+        """Whether :meth:`indices` can answer without a refresh first."""
+        return True
+
     def state_dict(self) -> dict[str, Any]:
         """Selection state for checkpoints."""
         return {}
@@ -63,6 +67,10 @@ class SelectionSampler(Sampler):
     @abstractmethod
     def select(self, features: Tensor, *, seed: int) -> Tensor:
         """Indices (into ``features``' rows) of the matching batch."""
+
+    def ready(self) -> bool:
+        """A selection exists (from a refresh or a restored checkpoint)."""
+        return bool(self.selection)
 
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """The class's current selection (a fixed batch until the next refresh)."""
