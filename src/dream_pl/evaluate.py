@@ -26,7 +26,6 @@ from dream_pl.evaluation import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.evaluation.sets import BASELINES, baseline_set, load_set
 from dream_pl.models import create_model
 from dream_pl.runner import make_loggers, output_dir, report_user_errors
-from dream_pl.synthetic import load_synthetic
 
 
 def protocol_from(ev: DictConfig) -> EvalProtocol:
@@ -127,9 +126,10 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         )
         sets[target] = baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)
     else:
-        sets["synthetic"] = load_set(target, real)
+        synthetic = load_set(target, real)
+        sets["synthetic"] = (synthetic.images, synthetic.labels)
         if cfg.evaluation.baseline:
-            ipc = load_synthetic(target).ipc
+            ipc = synthetic.ipc
             sets[f"random (ipc {ipc})"] = baseline_set("random", real, ipc, seed=cfg.seed)
     rows = evaluate_sets(cfg, real, sets)
     write_report(rows, out)

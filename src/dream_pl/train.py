@@ -102,7 +102,8 @@ def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealDa
     if cfg.evaluation.baseline:
         init = out / "synthetic_init.pt"
         if init.is_file():
-            sets["initialisation"] = load_set(init, data)
+            initial = load_set(init, data)
+            sets["initialisation"] = (initial.images, initial.labels)
         sets[f"random real (ipc {cfg.ipc})"] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
     rows = evaluate_sets(cfg, data, sets)
     write_report(rows, out)

@@ -35,11 +35,12 @@ def check_fits(data: SyntheticData, real: RealData, path: Path) -> None:
         )
 
 
-def load_set(path: str | Path, real: RealData) -> tuple[Tensor, Tensor]:
-    """Pixel images and labels of a saved synthetic set, checked against the dataset."""
+def load_set(path: str | Path, real: RealData) -> SyntheticData:
+    """A saved synthetic set (float pixel images, long labels), checked against the dataset."""
     data = load_synthetic(path)
     check_fits(data, real, Path(path))
-    return data.images.float(), data.labels.long()
+    data.images, data.labels = data.images.float(), data.labels.long()
+    return data
 
 
 def baseline_set(
