@@ -39,7 +39,7 @@ format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff format src tests benchmarks experiments
 	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
 
-bench: install  ## CPU benchmark presets, ~1 hour on 2 cores (not run in CI); figures go to docs/benchmarks.md
+bench: install  ## CPU benchmark presets, ~70 minutes on 2 cores (not run in CI); figures go to docs/benchmarks.md
 	$(PY) benchmarks/evaluator.py --epochs 5
 	$(PY) benchmarks/clustering.py
 	$(PY) benchmarks/step.py --steps 3

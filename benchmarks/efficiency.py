@@ -42,12 +42,13 @@ def collect(root: Path) -> dict[tuple[str, str], list[dict]]:
     return runs
 
 
-def mean_curve(jobs: list[dict]) -> list[tuple[float, float]]:
+def mean_curve(jobs: list[dict]) -> list[tuple[float, float, float]]:
+    """(outer iteration, mean, std over seeds) of the periodic accuracy."""
     points = defaultdict(list)
     for j in jobs:
         for it, acc in j["curve"]:
             points[it].append(acc)
-    return [(it, statistics.fmean(points[it])) for it in sorted(points)]
+    return [(it, statistics.fmean(points[it]), statistics.pstdev(points[it])) for it in sorted(points)]
 
 
 def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -> str:
@@ -58,6 +59,10 @@ def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -
         "",
         "| IPC | random final (%) | DREAM final (%) | random curve end (%) | DREAM reaches it at | of |",
         "|---|---|---|---|---|---|",
+    ]
+    curve_rows = [
+        "| IPC | sampler | periodic accuracy by outer iteration, mean ± std over seeds (%) |",
+        "|---|---|---|",
     ]
     fig, axes = plt.subplots(1, len(ipcs), figsize=(5 * len(ipcs), 3.6), squeeze=False)
     for ax, ipc in zip(axes[0], ipcs, strict=True):
@@ -72,9 +77,15 @@ def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -
                 len(accs),
             )
             curves[sampler] = mean_curve(jobs)
-            ax.plot(*zip(*curves[sampler], strict=True), marker="o", label=f"{sampler} ({len(accs)} seeds)")
+            its, means, stds = zip(*curves[sampler], strict=True)
+            ax.plot(its, means, marker="o", label=f"{sampler} ({len(accs)} seeds, ± std shaded)")
+            low = [m - s for m, s in zip(means, stds, strict=True)]
+            high = [m + s for m, s in zip(means, stds, strict=True)]
+            ax.fill_between(its, low, high, alpha=0.2)
+            points = ", ".join(f"{it:g}: {m:.1f} ± {sd:.1f}" for it, m, sd in curves[sampler])
+            curve_rows.append(f"| {ipc} | {sampler} | {points} |")
         target = curves["random"][-1][1]
-        reach = next((it for it, acc in curves["dream"] if acc >= target), None)
+        reach = next((it for it, acc, _ in curves["dream"] if acc >= target), None)
         last = curves["random"][-1][0]
         r, d = finals["random"], finals["dream"]
         lines.append(
@@ -86,7 +97,7 @@ def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "efficiency.png", dpi=120)
-    text = "\n".join(lines) + "\n\n![accuracy vs iteration](efficiency.png)\n"
+    text = "\n".join([*lines, "", *curve_rows]) + "\n\n![accuracy vs iteration](efficiency.png)\n"
     (out / "efficiency.md").write_text(text)
     return text
 

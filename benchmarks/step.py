@@ -80,6 +80,7 @@ def main() -> None:
     print(f"| inner step, DREAM sampler (between events) | {dream_step:.2f} |")
     print(f"| one clustering event (10 classes, embed + K-means) | {cluster:.1f} |")
     print(f"| DREAM overhead at I_int={args.interval} | {100 * overhead:+.0f}% |")
+    print(f"| of which clustering events | {100 * cluster / args.interval / random_step:+.0f}% |")
 
 
 if __name__ == "__main__":
