@@ -1,6 +1,8 @@
 """The evaluator: protocol arithmetic, stacked vs sequential training, baselines, bad inputs (real MNIST)."""
 
 import json
+import logging
+import warnings
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from dream_pl.evaluation import EvalProtocol, evaluate_set
 from dream_pl.evaluation.sets import SetMismatchError, baseline_set, load_set
 from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
 from dream_pl.models import create_model
+from dream_pl.quiet import quiet_lightning
 from dream_pl.synthetic import SyntheticData, save_synthetic
 
 
@@ -56,6 +59,21 @@ def test_random_real_ipc10_far_above_chance(mnist):
     assert result.extra["stacked"] is False  # on a CPU the repeats run in a loop (vmap is slower there)
     assert len(result.accuracies) == 2
     assert result.mean > 60, result.accuracies  # chance is 10%
+
+
+def test_evaluator_fits_hold_back_lightning_banners(mnist, caplog):
+    images, labels = baseline_set("random", mnist, 1, seed=0)
+    pl_log = logging.getLogger("pytorch_lightning")
+    before = pl_log.level
+    with caplog.at_level(logging.INFO):
+        run(mnist, images, labels, stacked=False, epochs=1, repeats=1)
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").info("after the fit")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("GPU available" in m or "stopped" in m for m in messages), messages
+    assert "after the fit" in messages  # info lines come back once the evaluator is done
+    assert pl_log.level == before
+    with pytest.warns(UserWarning, match="kept"), quiet_lightning():
+        warnings.warn("kept", UserWarning, stacklevel=1)  # other warnings are not swallowed
 
 
 def test_stacked_and_sequential_training_agree(mnist):

@@ -9,6 +9,7 @@ one); the faiss backend runs faiss's own loop from the same seeded initial centr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,9 @@ from torch import Tensor
 BACKENDS = ("auto", "faiss", "torch")
 INITS = ("k-means++", "random")
 CHUNK_ELEMENTS = 1 << 24  # bound on the [C, rows, K] distance block held at once
+
+# faiss logs, at INFO, each SIMD build it fails to load before the one it uses: alarming and not actionable
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dream_pl.data import RealData, RealSet, load_dataset
 from dream_pl.distill import DistillConfig, DistillModule
 from dream_pl.evaluate import evaluate_sets, protocol_from, set_evaluator, write_report
 from dream_pl.evaluation.sets import baseline_set, load_set
+from dream_pl.quiet import quiet_lightning
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
 
 
@@ -91,7 +92,8 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
         logger=make_loggers(cfg, out, job_type="distill") or False,
         default_root_dir=str(out),
     )
-    trainer.fit(module, ckpt_path=resume_path(cfg, out))
+    with quiet_lightning(banners=False):
+        trainer.fit(module, ckpt_path=resume_path(cfg, out))
     return module, trainer, out, data
 
 

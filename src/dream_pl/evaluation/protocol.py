@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from dream_pl.evaluation.stacked import StackedClassifier
+from dream_pl.quiet import quiet_lightning
 
 
 @dataclass
@@ -47,7 +48,8 @@ class EvalProtocol:
         mix = f" + CutMix p={self.cutmix_p}" if self.cutmix_p > 0 else ""
         return (
             f"{self.epochs} epochs, SGD lr {self.lr} (x{self.lr_gamma} at {list(self.milestones())}), "
-            f"batch {self.batch_size}, DSA {aug}{mix}, {self.repeats} repeats, final-epoch test accuracy"
+            f"batch {self.batch_size}, DSA {aug}{mix}, {self.repeats} repeat{'s' * (self.repeats != 1)}, "
+            "final-epoch test accuracy"
         )
 
 
@@ -141,21 +143,22 @@ def evaluate_set(
         cutmix_p=protocol.cutmix_p,
         stacked=use_stacking(protocol.stacked, accelerator),
     )
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_epochs=protocol.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(*test), batch_size=protocol.test_batch, shuffle=False
     )
-    trainer.test(module, loader, verbose=False)
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            max_epochs=protocol.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(module)
+        trainer.test(module, loader, verbose=False)
     return EvalResult(
         model=model,
         accuracies=module.accuracies(),
