@@ -154,6 +154,8 @@ def test_fast_dev_run_writes_every_artifact(commands):
     out = commands.root / "run"
     for name in ("synthetic.pt", "synthetic.png", "eval.json", "checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
+    assert f"run directory: {out}" in run.stdout + run.stderr  # the run says where its results are
+    assert "faiss.loader" not in run.stdout + run.stderr  # the loader's SIMD fallback chatter is held back
     synthetic = load_synthetic(out)
     # 10 classes x ipc 1 stored images, each decoding to factor^2 = 4 training images of 1 x 28 x 28
     assert (synthetic.dataset, synthetic.factor, synthetic.ipc) == ("mnist_5k", 2, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import fields, replace
 from functools import partial
@@ -22,6 +23,8 @@ from dream_pl.evaluate import evaluate_sets, protocol_from, set_evaluator, write
 from dream_pl.evaluation.sets import baseline_set, load_set
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
+
+log = logging.getLogger(__name__)
 
 
 def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
@@ -123,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             logger.save()
         metrics.update(scores)
     metrics["synthetic_path"] = str(out / "synthetic.pt")
+    log.info("run directory: %s", out)
     return metrics
 
 
