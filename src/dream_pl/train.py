@@ -24,7 +24,7 @@ from dream_pl.evaluation.sets import baseline_set, load_set
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dream_pl.train")  # not __main__ under `python -m`
 
 
 def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
