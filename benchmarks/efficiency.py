@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 from dream_pl.report import read_job
 
 SAMPLERS = {"random": [], "dream": ["sampler.embed_subset=1000"]}
+NOT_SETTINGS = {"experiment", "ipc", "trainer.enable_progress_bar"}  # shared overrides the report omits
 
 
 def run_sweeps(args: argparse.Namespace, root: Path) -> None:
@@ -54,8 +55,11 @@ def mean_curve(jobs: list[dict]) -> list[tuple[float, float, float]]:
 def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -> str:
     # only IPCs that both samplers finished (a sweep may have been cut short)
     ipcs = sorted({ipc for _, ipc in runs if all(runs.get((s, ipc)) for s in SAMPLERS)}, key=int)
+    shared = set.intersection(*(set(j["overrides"].items()) for jobs in runs.values() for j in jobs))
+    extra = " ".join(f"{k}={v}" for k, v in sorted(shared) if k not in NOT_SETTINGS)
     lines = [
-        f"preset `{preset}`; final = full evaluation at the end, curve = periodic evaluation",
+        f"preset `{preset}`{f', overrides `{extra}`' if extra else ''}; final = full evaluation at the end, "
+        "curve = periodic evaluation",
         "",
         "| IPC | random final (%) | DREAM final (%) | random curve end (%) | DREAM reaches it at | of |",
         "|---|---|---|---|---|---|",
