@@ -8,7 +8,9 @@ runs, so the user sees the allowed options in one line instead of Hydra's multi-
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -35,6 +37,11 @@ BACKENDS = ("auto", "faiss", "torch")
 
 class ConfigError(ValueError):
     """A bad configuration value; its message is one line meant for the user."""
+
+
+def dataclass_knobs(cls: type, node: DictConfig) -> dict[str, Any]:
+    """The entries of a config block that are fields of dataclass ``cls`` (the block may hold more)."""
+    return {f.name: node[f.name] for f in fields(cls) if f.name in node}
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dream_pl.config import check_overrides, validate_evaluation
+from dream_pl.config import check_overrides, dataclass_knobs, validate_evaluation
 from dream_pl.data import RealData, load_dataset
 from dream_pl.evaluation import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.evaluation.sets import BASELINES, baseline_set, load_set
@@ -30,8 +29,7 @@ from dream_pl.runner import make_loggers, output_dir, report_user_errors
 
 def protocol_from(ev: DictConfig) -> EvalProtocol:
     """The ``evaluation`` config block as an :class:`EvalProtocol`."""
-    knobs = {f.name: ev[f.name] for f in fields(EvalProtocol) if f.name in ev}
-    return EvalProtocol(**knobs | {"lr_milestones": tuple(ev.lr_milestones)})
+    return EvalProtocol(**dataclass_knobs(EvalProtocol, ev) | {"lr_milestones": tuple(ev.lr_milestones)})
 
 
 def model_factory(cfg: DictConfig, name: str, real: RealData) -> partial[nn.Module]:
@@ -99,6 +97,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def eval_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Logger keys of the evaluated rows: ``eval/<model>/<set>/acc`` -> mean accuracy."""
+    return {f"eval/{r['model']}/{r['set']}/acc": r["mean"] for r in rows}
+
+
 def write_report(rows: list[dict[str, Any]], out: Path) -> Path:
     """``eval.json`` with every row, and the table printed."""
     path = out / "eval.json"
@@ -134,7 +137,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     rows = evaluate_sets(cfg, real, sets)
     write_report(rows, out)
     for logger in make_loggers(cfg, out, job_type="eval"):
-        logger.log_metrics({f"eval/{r['model']}/{r['set']}/acc": r["mean"] for r in rows}, step=0)
+        logger.log_metrics(eval_metrics(rows), step=0)
         logger.finalize("success")
     return rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,10 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dream_pl.callbacks import ClusteringCallback, DiagnosticsCallback, PeriodicEvaluation, SyntheticExport
-from dream_pl.config import check_overrides, validate, validate_against_data
+from dream_pl.config import check_overrides, dataclass_knobs, validate, validate_against_data
 from dream_pl.data import RealData, RealSet, load_dataset
 from dream_pl.distill import DistillConfig, DistillModule
-from dream_pl.evaluate import evaluate_sets, protocol_from, set_evaluator, write_report
+from dream_pl.evaluate import eval_metrics, evaluate_sets, protocol_from, set_evaluator, write_report
 from dream_pl.evaluation.sets import baseline_set, load_set
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
@@ -33,7 +33,7 @@ def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
     net_factory = partial(
         instantiate(cfg.model), channels=spec.channels, num_classes=spec.num_classes, size=spec.size
     )
-    knobs = {f.name: d[f.name] for f in fields(DistillConfig) if f.name in d}
+    knobs = dataclass_knobs(DistillConfig, d)
     loop = DistillConfig(**knobs, ipc=cfg.ipc, lr_size_base=cfg.dataset.recipe.lr_size_base, seed=cfg.seed)
     return DistillModule(
         real=real,
@@ -112,7 +112,7 @@ def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealDa
         sets[f"random real (ipc {cfg.ipc})"] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
     rows = evaluate_sets(cfg, data, sets)
     write_report(rows, out)
-    return {f"eval/{r['model']}/{r['set']}/acc": r["mean"] for r in rows}
+    return eval_metrics(rows)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
