@@ -18,7 +18,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from dream_pl.report import read_job
+from dream_pl.report import read_job, summarize
 
 SAMPLERS = {"random": [], "dream": ["sampler.embed_subset=1000"]}
 NOT_SETTINGS = {"experiment", "ipc", "trainer.enable_progress_bar"}  # shared overrides the report omits
@@ -74,15 +74,12 @@ def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -
         curves = {}
         for sampler in SAMPLERS:
             jobs = runs[sampler, ipc]
-            accs = [next(iter(j["acc"].values())) for j in jobs]
-            finals[sampler] = (
-                statistics.fmean(accs),
-                statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-                len(accs),
-            )
+            _, (finals[sampler],) = summarize(jobs)  # the jobs differ by seed only: one row
             curves[sampler] = mean_curve(jobs)
             its, means, stds = zip(*curves[sampler], strict=True)
-            ax.plot(its, means, marker="o", label=f"{sampler} ({len(accs)} seeds, ± std shaded)")
+            ax.plot(
+                its, means, marker="o", label=f"{sampler} ({finals[sampler]['seeds']} seeds, ± std shaded)"
+            )
             low = [m - s for m, s in zip(means, stds, strict=True)]
             high = [m + s for m, s in zip(means, stds, strict=True)]
             ax.fill_between(its, low, high, alpha=0.2)
@@ -93,7 +90,7 @@ def summarise(runs: dict[tuple[str, str], list[dict]], out: Path, preset: str) -
         last = curves["random"][-1][0]
         r, d = finals["random"], finals["dream"]
         lines.append(
-            f"| {ipc} | {r[0]:.1f} ± {r[1]:.1f} | {d[0]:.1f} ± {d[1]:.1f} | {target:.1f} | "
+            f"| {ipc} | {r['mean']:.1f} ± {r['std']:.1f} | {d['mean']:.1f} ± {d['std']:.1f} | {target:.1f} | "
             f"{'not reached' if reach is None else f'{reach:g}'} | {last:g} |"
         )
         ax.axhline(target, ls=":", c="gray")
