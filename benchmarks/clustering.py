@@ -31,7 +31,7 @@ def event(x: torch.Tensor, k: int, backend: str) -> tuple[float, float]:
     """Seconds for one clustering event over all classes and the mean Lloyd iteration count."""
     start = time.perf_counter()
     if backend == "torch-batched":
-        results = batched_kmeans(x, k, seed=0)
+        results = batched_kmeans(x, k, seeds=list(range(len(x))))
     else:
         results = [kmeans(xc, k, backend=backend, seed=c) for c, xc in enumerate(x)]
     for xc, r in zip(x, results, strict=True):

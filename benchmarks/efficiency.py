@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 
 from dream_pl.report import read_job, summarize
 
-SAMPLERS = {"random": [], "dream": ["sampler.embed_subset=1000"]}
+# DREAM-only keys: N = batch_real (as in DREAM's code: 64 in efficiency_cpu, 128 at paper scale)
+SAMPLERS = {"random": [], "dream": ["sampler.n_clusters=${distill.batch_real}", "sampler.embed_subset=1000"]}
 NOT_SETTINGS = {"experiment", "ipc", "trainer.enable_progress_bar"}  # shared overrides the report omits
 
 

@@ -14,12 +14,16 @@ import argparse
 import logging
 import platform
 import time
+from dataclasses import replace
 
 import torch
+from hydra import compose, initialize_config_dir
 
+from dream_pl.config import CONF_DIR
 from dream_pl.data import load_dataset
-from dream_pl.evaluation import EvalProtocol, evaluate_set
+from dream_pl.evaluation import evaluate_set
 from dream_pl.evaluation.sets import baseline_set
+from dream_pl.evaluation.suite import protocol_from
 from dream_pl.models import create_model
 
 
@@ -39,10 +43,11 @@ def main() -> None:
     def factory() -> torch.nn.Module:
         return create_model("convnet", channels=1, num_classes=10, size=28, width=args.width)
 
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        paper = protocol_from(compose("eval", overrides=["synthetic=random"]).evaluation)  # mnist_5k's recipe
+
     def timed(repeats: int, stacked: bool, seed: int = 0) -> tuple[float, list[float]]:
-        protocol = EvalProtocol(
-            epochs=args.epochs, repeats=repeats, dsa="color_crop_scale_rotate", stacked=stacked
-        )
+        protocol = replace(paper, epochs=args.epochs, repeats=repeats, stacked=stacked)
         start = time.perf_counter()
         result = evaluate_set(
             factory,

@@ -1,9 +1,10 @@
 """Seconds per inner step with the random vs the DREAM sampler, in one process, on real FashionMNIST.
 
-Paper-scale settings by default (reference_costs.md): IPC 10, factor 2, ConvNet-3 width 128 instance norm,
-batch_real 128, n_data 500, l1 matching; DREAM clusters every 10 steps over each whole class (~6,000
-images). Times --steps inner steps per sampler, plus one clustering event, and prints the overhead of
-DREAM over random sampling at I_int = 10.
+Paper-scale settings by default (the DREAM/IDC FashionMNIST recipe): IPC 10, factor 2, ConvNet-3 width 128
+instance norm, batch_real 128, n_data 500, l1 matching; DREAM clusters every 10 steps over each whole class
+(~6,000 images). Times --steps inner steps per sampler through the module's own ``distill_step``, plus one
+clustering event through ``refresh_selection``, and prints the overhead of DREAM over random sampling at
+I_int = 10.
 Run: python benchmarks/step.py [--steps 3] [--width 128] [--embed-subset N]
 """
 
@@ -16,11 +17,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dream_pl.config import CONF_DIR
-from dream_pl.data import RealSet, load_dataset
+from dream_pl.data import DatasetSpec, RealSet, load_dataset
+from dream_pl.distill import DistillModule
 from dream_pl.train import build_module
 
 
-def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec):
+def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec: DatasetSpec) -> DistillModule:
+    """The module a ``dream_pl.train`` run would build, prepared on ``args.device``."""
     # random init: the step cost does not depend on where images start; K-means init embeds every image
     overrides = [
         "dataset=fashion_mnist",
@@ -34,24 +37,22 @@ def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     module = build_module(cfg, real, spec).to(args.device)
-    module.real = real
-    with torch.no_grad():
-        module.synthetic.images.copy_(module.initializer(real, module.net, ipc=10, factor=2, seed=0))
+    module.prepare()
     return module
 
 
-def time_steps(module, steps: int) -> float:
-    opt = torch.optim.SGD([module.synthetic.images], lr=1e-4, momentum=0.5)
-    start = time.perf_counter()
-    for step in range(steps):
-        g_cpu, g_dev = module.generators(step)
-        opt.zero_grad()
-        for c in range(module.real.num_classes):
-            module.match_class(c, g_cpu, g_dev).backward(inputs=[module.synthetic.images])
-        opt.step()
-        module.train_net(g_cpu, g_dev)
-    if module.synthetic.images.is_cuda:
+def sync(device: str) -> None:
+    if device == "cuda":
         torch.cuda.synchronize()
+
+
+def time_steps(module: DistillModule, steps: int, device: str) -> float:
+    """Mean seconds of ``distill_step`` (steps 1.., so no outer-iteration boundary work is counted twice)."""
+    sync(device)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        module.distill_step(step)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -65,12 +66,14 @@ def main() -> None:
     args = parser.parse_args()
     data = load_dataset("fashion_mnist")
     real = RealSet.from_data(data, device=args.device)
-    random_step = time_steps(module_for("random", args, real, data.spec), args.steps)
+    random_step = time_steps(module_for("random", args, real, data.spec), args.steps, args.device)
     dream = module_for("dream", args, real, data.spec)
+    sync(args.device)
     start = time.perf_counter()
-    dream.sampler.refresh(dream.net, real, seed=0)
+    dream.refresh_selection(0)
+    sync(args.device)
     cluster = time.perf_counter() - start
-    dream_step = time_steps(dream, args.steps)
+    dream_step = time_steps(dream, args.steps, args.device)
     overhead = (dream_step + cluster / args.interval) / random_step - 1
     threads = torch.get_num_threads()
     print(f"\nFashionMNIST IPC 10, f 2, ConvNet-3 w{args.width}, {args.device}, {threads} threads")

@@ -1,8 +1,9 @@
-"""Shared fixtures: Hydra composition of the shipped configs without running an entry point."""
+"""Shared fixtures: Hydra composition of the shipped configs, tiny run configs, the evaluation protocol."""
 
 import copy
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -10,6 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from dream_pl.config import CONF_DIR
+from dream_pl.evaluation import EvalProtocol
+from dream_pl.evaluation.suite import protocol_from
 
 Composer = Callable[[Sequence[str]], DictConfig]
 
@@ -45,3 +48,43 @@ def compose_train() -> Iterator[Composer]:
 def compose_eval() -> Iterator[Composer]:
     """``compose_eval(["synthetic=x.pt"])`` -> the eval config as the CLI would see it."""
     yield from _composer("eval")
+
+
+# --- tiny distillation runs on the embedded mnist_5k ------------------------------------------
+
+TINY = (
+    "model.width=8",
+    "ipc=1",
+    "iterations=3",
+    "distill.inner_loops=2",
+    "distill.save_every=1",
+    "distill.n_data=32",
+    "distill.batch_real=16",
+    "evaluation.enabled=false",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+)
+SELECTION = {  # every selecting sampler refreshes at steps 0, 3, ... on a 100-image subset per class
+    "dream": ("sampler.interval=3", "sampler.embed_subset=100", "sampler.n_clusters=16"),
+    "herding": ("sampler.interval=3", "sampler.embed_subset=100"),
+    "kcenter": ("sampler.interval=3", "sampler.embed_subset=100"),
+    "random": (),
+}
+
+
+def tiny_train_config(out: Path, *extra: str) -> DictConfig:
+    """A train config for a seconds-long run into ``out``: 3 outer x 2 inner steps, width-8 ConvNet."""
+    sampler = next((o.split("=", 1)[1] for o in extra if o.startswith("sampler=")), "dream")
+    return copy.deepcopy(_compose_once("train", (*TINY, *SELECTION[sampler], f"out_dir={out}", *extra)))
+
+
+@pytest.fixture
+def tiny_cfg() -> Callable[..., DictConfig]:
+    """``tiny_cfg(tmp_path, "sampler=random", ...)`` -> a tiny train config (:func:`tiny_train_config`)."""
+    return tiny_train_config
+
+
+@pytest.fixture(scope="session")
+def mnist_protocol() -> EvalProtocol:
+    """The shipped evaluation protocol with mnist_5k's recipe (shrink it with ``dataclasses.replace``)."""
+    return protocol_from(_compose_once("eval", ("synthetic=x.pt",)).evaluation)

@@ -3,6 +3,8 @@
 A user mistake must end with status 2 and one ``error:`` line on stderr naming the bad value and the
 allowed ones, never a traceback. Each process spends several seconds importing torch and Lightning, so
 all of them start together when the module's first test asks for one, and each test waits for its own.
+Six processes on two loaded cores can take minutes, so the only time limit is a guard against a hang
+(HANG_S), never a speed requirement.
 """
 
 import json
@@ -18,7 +20,7 @@ import torch
 
 from dream_pl.synthetic import load_synthetic
 
-TIMEOUT_S = 120
+HANG_S = 1800  # a process still running after 30 minutes is stuck, not slow
 DEFAULT_DATASET_ALLOWED = ["1..400"]  # mnist_5k: 400 training images per class
 
 
@@ -69,11 +71,11 @@ class Commands:
         if name not in self._runs:
             proc = self._procs.pop(name)
             try:
-                stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+                stdout, stderr = proc.communicate(timeout=HANG_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-                pytest.fail(f"{name}: no result within {TIMEOUT_S} s")
+                pytest.fail(f"{name}: hung (no result within {HANG_S} s)")
             self._runs[name] = Run(proc.returncode, stdout, stderr)
         return self._runs[name]
 

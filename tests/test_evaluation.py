@@ -3,6 +3,7 @@
 import json
 import logging
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,11 +12,12 @@ from hydra import compose, initialize_config_dir
 from dream_pl.config import CONF_DIR
 from dream_pl.data import load_dataset
 from dream_pl.evaluate import evaluate, expand_model_list
-from dream_pl.evaluation import EvalProtocol, evaluate_set
-from dream_pl.evaluation.sets import SetMismatchError, baseline_set, load_set
+from dream_pl.evaluation import evaluate_set
+from dream_pl.evaluation.sets import DISTILLED, SetMismatchError, baseline_label, baseline_set, load_set
 from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
 from dream_pl.models import create_model
 from dream_pl.quiet import quiet_lightning
+from dream_pl.seeding import derive
 from dream_pl.synthetic import SyntheticData, save_synthetic
 
 
@@ -28,8 +30,18 @@ def factory(width=16):
     return lambda: create_model("convnet", channels=1, num_classes=10, size=28, width=width)
 
 
-def run(mnist, images, labels, *, stacked, epochs=30, repeats=3, dsa="color_crop_scale_rotate", cutmix_p=0.0):
-    protocol = EvalProtocol(epochs=epochs, repeats=repeats, dsa=dsa, cutmix_p=cutmix_p, stacked=stacked)
+@pytest.fixture
+def run(mnist, mnist_protocol):
+    """Evaluate (images, labels) with the shipped protocol (mnist_5k's recipe), shortened."""
+
+    def evaluate_with(images, labels, *, stacked, epochs=30, repeats=3, cutmix_p=0.0):
+        protocol = replace(mnist_protocol, epochs=epochs, repeats=repeats, cutmix_p=cutmix_p, stacked=stacked)
+        return _evaluate(mnist, images, labels, protocol)
+
+    return evaluate_with
+
+
+def _evaluate(mnist, images, labels, protocol):
     return evaluate_set(
         factory(),
         images,
@@ -44,29 +56,30 @@ def run(mnist, images, labels, *, stacked, epochs=30, repeats=3, dsa="color_crop
     )
 
 
-def test_protocol_milestones_and_description():
-    p = EvalProtocol(epochs=1000)
-    assert p.milestones() == (666, 833)  # the reference's MultiStepLR at 2E/3 and 5E/6
+def test_protocol_milestones_and_description(mnist_protocol):
+    p = mnist_protocol
+    assert (p.epochs, p.repeats, p.batch_size, p.lr, p.lr_gamma) == (1000, 5, 64, 0.01, 0.2)  # the paper's
+    assert p.milestones() == (666, 833)  # the authors' MultiStepLR at 2E/3 and 5E/6
     assert "1000 epochs" in p.describe()
     assert "final-epoch" in p.describe()
 
 
-def test_random_real_ipc10_far_above_chance(mnist):
+def test_random_real_ipc10_far_above_chance(mnist, run):
     images, labels = baseline_set("random", mnist, 10, seed=0)
     assert images.shape == (100, 1, 28, 28)
     assert torch.equal(torch.bincount(labels), torch.full((10,), 10))
-    result = run(mnist, images, labels, stacked=None, repeats=2)
+    result = run(images, labels, stacked=None, repeats=2)
     assert result.extra["stacked"] is False  # on a CPU the repeats run in a loop (vmap is slower there)
     assert len(result.accuracies) == 2
     assert result.mean > 60, result.accuracies  # chance is 10%
 
 
-def test_evaluator_fits_hold_back_lightning_banners(mnist, caplog):
+def test_evaluator_fits_hold_back_lightning_banners(mnist, run, caplog):
     images, labels = baseline_set("random", mnist, 1, seed=0)
     pl_log = logging.getLogger("pytorch_lightning")
     before = pl_log.level
     with caplog.at_level(logging.INFO):
-        run(mnist, images, labels, stacked=False, epochs=1, repeats=1)
+        run(images, labels, stacked=False, epochs=1, repeats=1)
         logging.getLogger("pytorch_lightning.utilities.rank_zero").info("after the fit")
     messages = [r.getMessage() for r in caplog.records]
     assert not any("GPU available" in m or "stopped" in m for m in messages), messages
@@ -76,25 +89,26 @@ def test_evaluator_fits_hold_back_lightning_banners(mnist, caplog):
         warnings.warn("kept", UserWarning, stacklevel=1)  # other warnings are not swallowed
 
 
-def test_stacked_and_sequential_training_agree(mnist):
+def test_stacked_and_sequential_training_agree(mnist, run):
     images, labels = baseline_set("random", mnist, 5, seed=1)
-    stacked = run(mnist, images, labels, stacked=True, epochs=20, cutmix_p=0.5)
-    sequential = run(mnist, images, labels, stacked=False, epochs=20, cutmix_p=0.5)
+    stacked = run(images, labels, stacked=True, epochs=20, cutmix_p=0.5)
+    sequential = run(images, labels, stacked=False, epochs=20, cutmix_p=0.5)
     # same seeds, same batches and draws: the same networks up to float summation order
     for a, b in zip(stacked.accuracies, sequential.accuracies, strict=True):
         assert a == pytest.approx(b, abs=0.01)
     assert len(set(stacked.accuracies)) > 1  # repeats really differ from each other
 
 
-def test_stacked_module_matches_individual_networks_at_init(mnist):
+def test_stacked_module_matches_individual_networks_at_init(mnist, mnist_protocol):
     images, labels = baseline_set("random", mnist, 2, seed=0)
+    protocol = replace(mnist_protocol, epochs=1, repeats=2)
     module = StackedClassifier(
-        factory(8), [3, 4], images, labels, mean=(0.1307,), std=(0.3081,), num_classes=10, epochs=1
+        factory(8), images, labels, protocol=protocol, seed=3, mean=(0.1307,), std=(0.3081,), num_classes=10
     )
     x = torch.randn(2, 5, 1, 28, 28)
     out = module.logits(x)
-    for r, seed in enumerate([3, 4]):
-        torch.manual_seed(seed)
+    for r in range(2):
+        torch.manual_seed(derive(3, "repeat", r))
         net = factory(8)()
         torch.testing.assert_close(out[r], net(x[r]), rtol=1e-4, atol=1e-5)
 
@@ -147,20 +161,23 @@ def test_evaluate_entry_writes_eval_json_with_baseline(tmp_path, mnist):
         cfg = compose("eval", overrides=overrides)
     rows = evaluate(cfg)
     saved = json.loads((tmp_path / "eval.json").read_text())
-    assert [r["set"] for r in saved] == ["synthetic", "random (ipc 4)"]
+    assert [r["set"] for r in saved] == ["distilled", "random real (ipc 4)"]  # the labels train writes
     assert all(len(r["accuracies"]) == 2 and r["model"] == "convnet" for r in rows)
     assert "3 epochs" in saved[0]["protocol"]
 
 
 def test_report_states_protocol_and_gain_over_random():
-    from dream_pl.evaluate import format_table
+    from dream_pl.evaluation.tables import format_table
 
     row = {"model": "convnet", "images": 40, "seconds": 3.0, "protocol": "P", "std": 0.5}
     table = format_table(
-        [{**row, "set": "distilled", "mean": 91.4}, {**row, "set": "random (ipc 1)", "mean": 61.6}]
+        [
+            {**row, "set": DISTILLED, "mean": 91.4},
+            {**row, "set": baseline_label("random", 1), "mean": 61.6},
+        ]
     )
     assert "| distilled | convnet | 40 | 91.4 ± 0.5 | 3 |" in table
-    assert "distilled vs random (ipc 1) (convnet): +29.8 points" in table
+    assert "distilled vs random real (ipc 1) (convnet): +29.8 points" in table
     assert table.endswith("protocol: P")
 
 

@@ -12,6 +12,7 @@ from dream_pl.features import embed_class
 from dream_pl.models import create_model
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
 from dream_pl.samplers import representative as rep
+from dream_pl.seeding import derive
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_random_sampler_draws_distinct_in_class_indices(real):
     assert torch.equal(a, b)
     assert len(a.unique()) == 32
     assert int(a.max()) < real.class_sizes[3]
-    assert s.interval is None  # never refreshed: no clustering callback
+    assert not s.selects  # nothing to refresh: train adds no clustering callback
 
 
 def test_selection_sampler_requires_a_refresh(real):
@@ -45,7 +46,8 @@ def test_batched_torch_refresh_equals_per_class_selection(real, net):
     sampler.refresh(net, real, seed=5)
     for c in range(real.num_classes):
         feats = embed_class(net, real, c)
-        expected = select_representatives(feats, 8, 2, backend="torch", seed=5 + c, max_iter=20)
+        seed = derive(5, "select", c)
+        expected = select_representatives(feats, 8, 2, backend="torch", seed=seed, max_iter=20)
         assert torch.equal(sampler.selection[c], expected), c
         assert len(sampler.selection[c].unique()) == 16
 
@@ -79,36 +81,34 @@ def test_embed_subset_selects_from_the_subset_and_state_round_trips(real, net):
 
 @pytest.mark.parametrize("cls", [HerdingSampler, KCenterSampler])
 def test_coreset_samplers_select_distinct_batches(real, net, cls):
-    s = cls(batch_size=12, interval=5, embed_subset=80)
+    s = cls(batch_size=12, embed_subset=80)
     s.refresh(net, real, seed=0)
     assert all(len(sel.unique()) == 12 for sel in s.selection)
     assert s.batch_size() == 12
 
 
-def test_clustering_callback_fires_every_interval():
+def test_clustering_callback_fires_every_interval_through_the_module():
     refreshed = []
 
-    class Sampler:
-        def __init__(self):
-            self.selection = []
+    class Module:
+        """The callback's whole view of the module: refresh_selection(step) and log_dict."""
 
-        def ready(self):
-            return bool(self.selection)
+        def refresh_selection(self, step):
+            refreshed.append(step)
+            return {"time/cluster_s": 0.1}
 
-        def refresh(self, net, real, *, seed):
-            refreshed.append(seed)
-            self.selection = [1]
-            return {}
+        def log_dict(self, metrics, **kwargs):
+            assert metrics == {"distill/time/cluster_s": 0.1}
 
-    module = SimpleNamespace(
-        sampler=Sampler(), net=None, real=None, cfg=SimpleNamespace(seed=0), log=lambda *a, **k: None
-    )
     cb = ClusteringCallback(interval=10)
     for step in range(25):
-        cb.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
-    assert refreshed == [0, 10, 20]  # seeds are seed * 1_000_003 + step
+        cb.on_train_batch_start(SimpleNamespace(global_step=step), Module(), None, step)
+    assert refreshed == [0, 10, 20]
     assert cb.state_dict() == {"last_refresh": 20, "events": 3}
-    resumed = ClusteringCallback(interval=10)
-    module.sampler.selection = []
-    resumed.on_train_batch_start(SimpleNamespace(global_step=13), module, None, 0)
-    assert refreshed[-1] == 13  # no selection restored: refresh at once rather than match against nothing
+    restored = ClusteringCallback(interval=10)
+    restored.load_state_dict(cb.state_dict())
+    restored.on_train_batch_start(SimpleNamespace(global_step=25), Module(), None, 0)
+    assert refreshed == [0, 10, 20]  # resumed between events: the selection comes from the checkpoint
+    fresh = ClusteringCallback(interval=10)
+    fresh.on_train_batch_start(SimpleNamespace(global_step=13), Module(), None, 0)
+    assert refreshed[-1] == 13  # no state restored: refresh at once rather than match against nothing

@@ -22,9 +22,7 @@ def test_wandb_goes_offline_without_credentials(no_wandb_credentials, monkeypatc
     assert wandb_offline()
 
 
-def test_offline_wandb_run_holds_config_commit_and_logged_keys(no_wandb_credentials, tmp_path):
-    from test_distill import tiny_cfg
-
+def test_offline_wandb_run_holds_config_commit_and_logged_keys(no_wandb_credentials, tmp_path, tiny_cfg):
     from dream_pl.train import distill
 
     try:
@@ -43,9 +41,7 @@ def test_offline_wandb_run_holds_config_commit_and_logged_keys(no_wandb_credenti
     assert wandb.run is None  # closed: the next job of a multirun starts clean
 
 
-def test_tensorboard_logger_writes_events_and_the_grid(tmp_path):
-    from test_distill import tiny_cfg
-
+def test_tensorboard_logger_writes_events_and_the_grid(tmp_path, tiny_cfg):
     from dream_pl.train import distill
 
     distill(tiny_cfg(tmp_path, "logger=tensorboard", "iterations=1"))

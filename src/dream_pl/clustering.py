@@ -164,7 +164,7 @@ def _faiss_kmeans(x: Tensor, k: int, seed: int, cfg: dict) -> KMeansResult:
         x.shape[1],
         k,
         niter=cfg["max_iter"],
-        seed=seed,
+        seed=seed % 2**31,  # a C int; unused here (own init, no subsampling) but must fit
         gpu=x.is_cuda and faiss.get_num_gpus() > 0,
         max_points_per_centroid=x.shape[0],  # no subsampling: cluster every point
         min_points_per_centroid=1,
@@ -231,22 +231,24 @@ def batched_kmeans(
     mask: Tensor | None = None,
     max_iter: int = 100,
     tol: float = 1e-4,
-    seed: int = 0,
+    seeds: list[int],
     init: str = "k-means++",
 ) -> list[KMeansResult]:
     """Torch K-means of every class at once (for GPUs without faiss-gpu).
 
     xs: [C, M, D] padded with finite values, mask: [C, M] valid rows (default all). Class c
-    uses seed ``seed + c``, so its result equals ``kmeans(xs[c][mask[c]], k, backend="torch",
-    seed=seed + c)``; ``assign`` covers only the valid rows, in order.
+    uses ``seeds[c]``, so its result equals ``kmeans(xs[c][mask[c]], k, backend="torch",
+    seed=seeds[c])``; ``assign`` covers only the valid rows, in order.
     """
     _check("init", init, INITS)
+    if len(seeds) != xs.shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for {xs.shape[0]} classes; give one seed per class")
     mask = torch.ones(xs.shape[:2], dtype=torch.bool, device=xs.device) if mask is None else mask
     for c, m in enumerate(mask.sum(1).tolist()):
         if k > m:
             raise ValueError(f"k={k} clusters need at least k points, class {c} has M={m}")
     cfg = {"max_iter": max_iter, "tol": tol, "init": init}
-    return _lloyd(xs, mask, k, [seed + c for c in range(xs.shape[0])], cfg)
+    return _lloyd(xs, mask, k, list(seeds), cfg)
 
 
 def nearest_to_centres(x: Tensor, centroids: Tensor, n: int = 1, *, unique: bool = True) -> Tensor:

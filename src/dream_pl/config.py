@@ -7,17 +7,19 @@ runs, so the user sees the allowed options in one line instead of Hydra's multi-
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
 from dream_pl.data import DATASETS
 from dream_pl.matchers import METRICS
-from dream_pl.models import list_models
+from dream_pl.models import list_models, model_options
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = (
@@ -33,15 +35,75 @@ GROUPS = (
     "debug",
 )
 BACKENDS = ("auto", "faiss", "torch")
+EVALUATION_RUN_KEYS = ("enabled", "models", "baseline", "periodic")  # the block's keys beyond the protocol
+PERIODIC_KEYS = ("epochs", "repeats")
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A bad configuration value; its message is one line meant for the user."""
 
 
-def dataclass_knobs(cls: type, node: DictConfig) -> dict[str, Any]:
-    """The entries of a config block that are fields of dataclass ``cls`` (the block may hold more)."""
-    return {f.name: node[f.name] for f in fields(cls) if f.name in node}
+def check_keys(name: str, node: DictConfig, allowed: Iterable[str]) -> None:
+    """Every key of block ``name`` must be ``allowed``: a typo is an error, never a silently ignored key."""
+    allowed = sorted(set(allowed))
+    for key in node:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {name}.{key}; allowed: {', '.join(allowed)}")
+
+
+def from_block(cls: type[T], node: DictConfig, name: str, *, ignore: Iterable[str] = (), **given: Any) -> T:
+    """Dataclass ``cls`` from config block ``name``: its fields, except those ``given``, come from the block.
+
+    The block must hold exactly those fields (plus the keys in ``ignore``, read elsewhere); lists become
+    tuples so the dataclass stays hashable and immutable.
+    """
+    wanted = [f.name for f in fields(cls) if f.name not in given]  # type: ignore[arg-type]
+    check_keys(name, node, [*wanted, *ignore])
+    missing = [key for key in wanted if key not in node]
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]} is missing; the {name} block needs: {', '.join(wanted)}")
+    values = {key: OmegaConf.select(node, key) for key in wanted}
+    plain = {k: tuple(v) if OmegaConf.is_list(v) else v for k, v in values.items()}
+    return cls(**plain, **given)
+
+
+def target_options(node: DictConfig) -> list[str] | None:
+    """Keyword arguments the ``_target_`` of a block accepts (None: it takes any)."""
+    params = inspect.signature(get_object(node["_target_"])).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
+def sampler_selects(node: DictConfig) -> bool:
+    """Whether the sampler of this block holds a selection that clustering events refresh."""
+    return bool(getattr(get_object(node["_target_"]), "selects", False))
+
+
+def _check_target_block(name: str, node: DictConfig, extra: Iterable[str] = ()) -> None:
+    options = target_options(node)
+    if options is not None:
+        check_keys(name, node, [*options, *extra, "_target_", "_partial_"])
+
+
+def check_blocks(cfg: DictConfig) -> None:
+    """No block of a train config holds a key nothing reads (``evaluation``: see validate_evaluation)."""
+    from dream_pl.distill import DistillConfig
+
+    check_keys(
+        "distill", cfg.distill, [f.name for f in fields(DistillConfig) if f.name not in ("ipc", "seed")]
+    )
+    check_keys("model", cfg.model, [*model_options(cfg.model.name), "name", "_target_", "_partial_"])
+    _check_target_block("matcher", cfg.matcher)
+    _check_target_block("init", cfg.init)
+    selects = sampler_selects(cfg.sampler)
+    _check_target_block("sampler", cfg.sampler, ["interval"] if selects else [])
+    if selects and "interval" not in cfg.sampler:
+        raise ConfigError(
+            f"sampler.interval is missing: {cfg.sampler._target_.rsplit('.', 1)[-1]} re-selects its batches "
+            "at clustering events and needs the number of inner steps between them (I_int, paper: 10)"
+        )
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
@@ -95,8 +157,17 @@ def validate(cfg: DictConfig) -> None:
     _require_int("diagnostics_every", cfg.get("diagnostics_every", 0), minimum=0, note=" (0 = off)")
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
     _check_choice("model.name", cfg.model.name, list_models())
+    check_blocks(cfg)
     d = cfg.distill
-    for key in ("factor", "inner_loops", "batch_real", "batch_syn_max", "n_data", "save_every"):
+    for key in (
+        "factor",
+        "inner_loops",
+        "batch_real",
+        "batch_syn_max",
+        "n_data",
+        "save_every",
+        "lr_size_base",
+    ):
         _require_int(f"distill.{key}", d[key])
     _require(float(d.lr_img) > 0, f"distill.lr_img={d.lr_img} must be > 0")
     _require(
@@ -119,7 +190,10 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_evaluation(ev: DictConfig) -> None:
     """Checks on the ``evaluation`` block (shared by train and evaluate)."""
-    for key in ("repeats", "epochs", "batch_size"):
+    from dream_pl.evaluation.protocol import EvalProtocol
+
+    check_keys("evaluation", ev, [*(f.name for f in fields(EvalProtocol)), *EVALUATION_RUN_KEYS])
+    for key in ("repeats", "epochs", "batch_size", "test_batch"):
         _require_int(f"evaluation.{key}", ev[key])
     _require(
         isinstance(ev.models, Sequence) and not isinstance(ev.models, str),
@@ -128,7 +202,8 @@ def validate_evaluation(ev: DictConfig) -> None:
     for name in ev.models:
         _check_choice("evaluation.models", name, list_models())
     if "periodic" in ev:
-        for key in ("epochs", "repeats"):
+        check_keys("evaluation.periodic", ev.periodic, PERIODIC_KEYS)
+        for key in PERIODIC_KEYS:
             _require_int(f"evaluation.periodic.{key}", ev.periodic[key])
     _check_strategy("evaluation.dsa", ev.dsa)
     _require(0.0 <= float(ev.cutmix_p) <= 1.0, f"evaluation.cutmix_p={ev.cutmix_p} must be in [0, 1]")

@@ -3,7 +3,8 @@
 One Lightning step is one inner iteration: every class's synthetic images take one matching step against
 the real batch its sampler gives, then the matching network trains on random real batches for ``n_data``
 samples. Every ``inner_loops`` steps (one outer iteration) the network is re-drawn. All randomness of a
-step comes from generators seeded by (seed, step), so a resumed run repeats an uninterrupted one.
+step comes from generators derived from (seed, step) (:mod:`dream_pl.seeding`), so a resumed run repeats
+an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from torch import Tensor, nn
 
 from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
 from dream_pl.data import RealSet
+from dream_pl.diagnostics import selection_diagnostics
 from dream_pl.samplers import Sampler
+from dream_pl.seeding import derive, generator
 from dream_pl.synthetic import SyntheticData, SyntheticSet
 
 
@@ -30,26 +33,30 @@ class NonFiniteLossError(RuntimeError):
     """The matching loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
-    """Hyper-parameters of the loop (the ``distill`` block of the Hydra config)."""
+    """The loop's hyper-parameters: the ``distill`` block of ``conf/train.yaml``, plus ``ipc`` and ``seed``.
 
-    ipc: int = 10
-    factor: int = 2
-    lr_img: float = 5e-3
-    lr_size_base: int = 32
-    momentum_img: float = 0.5
-    batch_real: int = 128
-    batch_syn_max: int = 128
-    n_data: int = 500
-    lr_net: float = 0.01
-    momentum_net: float = 0.9
-    weight_decay_net: float = 5e-4
-    match_dsa: str = "color_crop_cutout"
-    net_dsa: str = "color_crop"
-    net_cutmix_p: float = 0.5
-    inner_loops: int = 100
-    seed: int = 0
+    The values and what each means live in the yaml; this is their schema.
+    """
+
+    ipc: int
+    seed: int
+    inner_loops: int
+    factor: int
+    lr_img: float
+    lr_size_base: int
+    momentum_img: float
+    batch_real: int
+    batch_syn_max: int
+    n_data: int
+    lr_net: float
+    momentum_net: float
+    weight_decay_net: float
+    match_dsa: str
+    net_dsa: str
+    net_cutmix_p: float
+    save_every: int
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
@@ -69,7 +76,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class DistillModule(pl.LightningModule):
-    """Learns the synthetic set; the network factory, matcher, sampler and initialiser are injected."""
+    """Learns the synthetic set; the network factory, matcher, sampler and initialiser are injected.
+
+    The algorithm reads top to bottom in :meth:`distill_step` (one inner iteration) and
+    :meth:`refresh_selection` (one clustering event, fired by ``ClusteringCallback``); the Lightning hooks
+    only call them and log. Outside a Trainer (benchmarks), :meth:`prepare` then ``distill_step`` runs
+    the same code.
+    """
 
     def __init__(
         self,
@@ -93,13 +106,14 @@ class DistillModule(pl.LightningModule):
         self.register_buffer("initialized", torch.tensor(False))
         self.match_aug = DiffAugment(cfg.match_dsa)
         self.net_aug = DiffAugment(cfg.net_dsa)
+        self._standalone_opt: torch.optim.Optimizer | None = None
         self._new_net(outer=0)
 
     # ----------------------------------------------------------------- setup
     def _new_net(self, outer: int) -> None:
         """Draw the matching network of outer iteration ``outer`` (seeded) and its optimiser."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed * 1_000_003 + outer)
+            torch.manual_seed(derive(self.cfg.seed, "net", outer))
             net = self.net_factory()
         self.net = net.to(self.device)
         self.net_opt = torch.optim.SGD(
@@ -114,29 +128,81 @@ class DistillModule(pl.LightningModule):
         lr = effective_lr_img(self.cfg.lr_img, self.cfg.ipc, self.size, self.cfg.lr_size_base)
         return torch.optim.SGD([self.synthetic.images], lr=lr, momentum=self.cfg.momentum_img)
 
-    def on_fit_start(self) -> None:
-        """Move the real set to the device and initialise the synthetic set (unless restored)."""
+    def prepare(self) -> None:
+        """Move the real set to the module's device and initialise the synthetic set (unless restored)."""
         self.real = self.real.to(self.device)
         self.sampler.to(self.device)
         if not bool(self.initialized):
             images = self.initializer(
-                self.real, self.net, ipc=self.cfg.ipc, factor=self.cfg.factor, seed=self.cfg.seed
+                self.real,
+                self.net,
+                ipc=self.cfg.ipc,
+                factor=self.cfg.factor,
+                seed=derive(self.cfg.seed, "init"),
             )
             with torch.no_grad():
                 self.synthetic.images.copy_(images)
             self.initialized.fill_(True)
 
+    def on_fit_start(self) -> None:
+        """:meth:`prepare` on the Trainer's device."""
+        self.prepare()
+
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """A stream of step numbers: the data lives on the device in :class:`RealSet`."""
         return torch.utils.data.DataLoader(_Steps(), batch_size=None)
 
-    # ------------------------------------------------------------------ step
-    def generators(self, step: int) -> tuple[torch.Generator, torch.Generator]:
-        """(index generator on the CPU, augmentation generator on the device) for ``step``."""
-        seed = self.cfg.seed * 1_000_003 + step
-        cpu = torch.Generator().manual_seed(seed)
-        dev = torch.Generator(device=self.device).manual_seed(seed + 1)
-        return cpu, dev
+    # ------------------------------------------------------------ algorithm
+    def refresh_selection(self, step: int) -> dict[str, float]:
+        """A clustering event: the sampler re-selects every class's matching batch on the current network.
+
+        Returns the statistics to log (keys relative to ``distill/``).
+        """
+        start = time.perf_counter()
+        stats = self.sampler.refresh(self.net, self.real, seed=derive(self.cfg.seed, "cluster", step))
+        return {"time/cluster_s": time.perf_counter() - start} | {f"cluster/{k}": v for k, v in stats.items()}
+
+    def distill_step(self, step: int) -> dict[str, Tensor | float]:
+        """One inner iteration of DREAM/IDC.
+
+        1. At the start of an outer iteration, clamp the stored images to [0, 1] (IDC).
+        2. Per class, the matching loss against the sampler's real batch under one shared DSA draw,
+           back-propagated into the images only.
+        3. One image-optimiser step (all classes' gradients together).
+        4. Train the matching network on random real batches for ``n_data`` samples.
+        5. At the end of an outer iteration, draw the next outer iteration's network.
+
+        Returns the quantities to log (keys relative to ``distill/``); losses stay on the device.
+        """
+        outer, inner = divmod(step, self.cfg.inner_loops)
+        if inner == 0:
+            self.synthetic.clamp_()
+        g_cpu = generator(self.cfg.seed, "step", step, "host")
+        g_dev = generator(self.cfg.seed, "step", step, "device", device=self.device)
+        opt = self._image_optimizer()
+        opt.zero_grad()
+        t0 = time.perf_counter()
+        losses = []
+        for c in range(self.real.num_classes):
+            loss_c = self.match_class(c, g_cpu, g_dev)
+            self._backward(loss_c)
+            losses.append(loss_c.detach())
+        per_class = torch.stack(losses)
+        self._check_finite(per_class, step)
+        opt.step()
+        t1 = time.perf_counter()
+        net_loss = self.train_net(g_cpu, g_dev)
+        t2 = time.perf_counter()
+        if inner == self.cfg.inner_loops - 1:
+            self._new_net(outer + 1)
+        return {
+            "loss": per_class.mean(),
+            **{f"loss_class/{c}": loss for c, loss in enumerate(per_class)},
+            "net_loss": net_loss,
+            "time/match_s": t1 - t0,
+            "time/net_s": t2 - t1,
+            "outer": float(outer),
+        }
 
     def match_class(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
         """Matching loss of class ``c`` against its sampler's real batch, under one shared DSA draw."""
@@ -152,11 +218,14 @@ class DistillModule(pl.LightningModule):
         n = len(x_real)
         return self.matcher(self.net, x[:n], y[:n], x[n:], y[n:])
 
-    def train_net(self, g_cpu: torch.Generator, g_dev: torch.Generator) -> float:
-        """Train the matching network on random real batches (per-sample DSA + CutMix) for n_data samples."""
+    def train_net(self, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
+        """Train the matching network on random real batches (per-sample DSA + CutMix) for n_data samples.
+
+        Returns the mean loss, on the device (read when logged, not per network step).
+        """
         self.net.train()
         steps = math.ceil(self.cfg.n_data / self.cfg.batch_real)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for _ in range(steps):
             x, y = self.real.sample(self.cfg.batch_real, g_cpu)
             x = self.net_aug(x, shared=False, generator=g_dev)
@@ -168,57 +237,53 @@ class DistillModule(pl.LightningModule):
             self.net_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.net_opt.step()
-            total += float(loss.detach())
+            total += loss.detach()
         return total / steps
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        """One inner iteration: a matching step for every class, then the network update."""
-        del batch, batch_idx
-        step = self.global_step
-        outer, inner = divmod(step, self.cfg.inner_loops)
-        if inner == 0:
-            self.synthetic.clamp_()
-        g_cpu, g_dev = self.generators(step)
-        opt = self.optimizers()
-        opt.zero_grad()
-        t0 = time.perf_counter()
-        losses = []
-        for c in range(self.real.num_classes):
-            loss_c = self.matcher_loss_checked(c, g_cpu, g_dev, step)
-            self.manual_backward(loss_c, inputs=[self.synthetic.images])
-            losses.append(float(loss_c.detach()))
-        opt.step()
-        t1 = time.perf_counter()
-        net_loss = self.train_net(g_cpu, g_dev)
-        t2 = time.perf_counter()
-        if inner == self.cfg.inner_loops - 1:
-            self._new_net(outer + 1)
-        self.log_dict({f"distill/loss_class/{c}": loss for c, loss in enumerate(losses)}, on_step=True)
-        self.log_dict(
-            {
-                "distill/loss": sum(losses) / len(losses),
-                "distill/net_loss": net_loss,
-                "distill/time/match_s": t1 - t0,
-                "distill/time/net_s": t2 - t1,
-                "distill/outer": float(outer),
-            },
-            on_step=True,
-            prog_bar=False,
+    def selection_diagnostics(self, step: int, max_classes: int, reference: int) -> dict[str, Tensor]:
+        """The sampler's matching batches against random ones on the current network (Fig. 1a, 2c, 3)."""
+        return selection_diagnostics(
+            self.net,
+            self.real,
+            self.sampler,
+            generator(self.cfg.seed, "diagnostics", step),
+            max_classes=max_classes,
+            reference=reference,
         )
-        self.log("loss", sum(losses) / len(losses), prog_bar=True, logger=False)
 
-    def matcher_loss_checked(
-        self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator, step: int
-    ) -> Tensor:
-        """:meth:`match_class`, stopping the run on a NaN/inf loss before it reaches the images."""
-        loss = self.match_class(c, g_cpu, g_dev)
-        if not torch.isfinite(loss):
+    # --------------------------------------------------------------- plumbing
+    def _image_optimizer(self) -> torch.optim.Optimizer:
+        """Lightning's wrapped optimiser inside a Trainer (it counts the steps), a plain one outside."""
+        if self._trainer is not None:
+            return self.optimizers()
+        if self._standalone_opt is None:
+            self._standalone_opt = self.configure_optimizers()
+        return self._standalone_opt
+
+    def _backward(self, loss: Tensor) -> None:
+        """Back-propagate into the stored images only (never into the matching network)."""
+        if self._trainer is not None:
+            self.manual_backward(loss, inputs=[self.synthetic.images])
+        else:
+            loss.backward(inputs=[self.synthetic.images])
+
+    def _check_finite(self, per_class: Tensor, step: int) -> None:
+        """Stop on a NaN/inf loss before it reaches the images (one host sync per step)."""
+        finite = torch.isfinite(per_class)
+        if not bool(finite.all()):
+            c = int((~finite).nonzero()[0])
             raise NonFiniteLossError(
-                f"matching loss is {float(loss)} for class {c} at step {step}; "
+                f"matching loss is {float(per_class[c])} for class {c} at step {step}; "
                 "the synthetic set was not updated "
                 "and the last checkpoint is intact. Lower distill.lr_img or check the data."
             )
-        return loss
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        """:meth:`distill_step` at Lightning's step counter, logged under ``distill/``."""
+        del batch, batch_idx
+        out = self.distill_step(self.global_step)
+        self.log_dict({f"distill/{k}": v for k, v in out.items()}, on_step=True)
+        self.log("loss", out["loss"], prog_bar=True, logger=False)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Record the run's peak memory (CUDA allocator peak or CPU max RSS)."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from dream_pl.clustering import select_representatives
 from dream_pl.data import RealSet
 from dream_pl.features import embed_class
+from dream_pl.seeding import derive
 from dream_pl.synthetic import tile
 
 
@@ -37,7 +38,12 @@ class KMeansInit:
             features = embed_class(net, real, c, chunk=self.embed_chunk)
             picks.append(
                 select_representatives(
-                    features, k, 1, backend=self.backend, seed=seed + c, max_iter=self.max_iter
+                    features,
+                    k,
+                    1,
+                    backend=self.backend,
+                    seed=derive(seed, "class", c),
+                    max_iter=self.max_iter,
                 )
             )
         return _tile_classes(real, picks, factor)

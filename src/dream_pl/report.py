@@ -18,8 +18,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
+from dream_pl.evaluation.sets import DISTILLED
+
 SEED_KEYS = ("seed",)
-DISTILLED = ("distilled", "synthetic")
 
 
 def read_job(job: Path) -> dict[str, Any] | None:
@@ -29,7 +30,7 @@ def read_job(job: Path) -> dict[str, Any] | None:
         return None
     overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [])
     rows = json.loads(eval_file.read_text())
-    acc = {r["model"]: r["mean"] for r in rows if r["set"] in DISTILLED}
+    acc = {r["model"]: r["mean"] for r in rows if r["set"] == DISTILLED}
     return {
         "job": job.name,
         "overrides": overrides,

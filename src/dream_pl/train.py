@@ -4,56 +4,72 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dream_pl.callbacks import ClusteringCallback, DiagnosticsCallback, PeriodicEvaluation, SyntheticExport
-from dream_pl.config import check_overrides, dataclass_knobs, validate, validate_against_data
-from dream_pl.data import RealData, RealSet, load_dataset
+from dream_pl.config import check_overrides, from_block, sampler_selects, validate, validate_against_data
+from dream_pl.data import DatasetSpec, RealData, RealSet, load_dataset
 from dream_pl.distill import DistillConfig, DistillModule
-from dream_pl.evaluate import eval_metrics, evaluate_sets, protocol_from, set_evaluator, write_report
-from dream_pl.evaluation.sets import baseline_set, load_set
+from dream_pl.evaluation.sets import DISTILLED, INITIALISATION, baseline_label, baseline_set, load_set
+from dream_pl.evaluation.suite import evaluate_sets, network_for, protocol_from, set_evaluator
+from dream_pl.evaluation.tables import eval_metrics, write_report
 from dream_pl.quiet import quiet_lightning
+from dream_pl.samplers import Sampler
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
 
 log = logging.getLogger("dream_pl.train")  # not __main__ under `python -m`
 
 
-def build_module(cfg: DictConfig, real: RealSet, spec: Any) -> DistillModule:
+def build_sampler(node: DictConfig) -> Sampler:
+    """The ``sampler`` block's sampler; its ``interval`` belongs to the clustering callback, not to it."""
+    knobs = OmegaConf.to_container(node, resolve=True)
+    knobs.pop("interval", None)
+    return instantiate(knobs)
+
+
+def build_module(cfg: DictConfig, real: RealSet, spec: DatasetSpec) -> DistillModule:
     """Instantiate the injected parts from their config groups and the loop itself."""
-    d = cfg.distill
-    net_factory = partial(
-        instantiate(cfg.model), channels=spec.channels, num_classes=spec.num_classes, size=spec.size
-    )
-    knobs = dataclass_knobs(DistillConfig, d)
-    loop = DistillConfig(**knobs, ipc=cfg.ipc, lr_size_base=cfg.dataset.recipe.lr_size_base, seed=cfg.seed)
     return DistillModule(
         real=real,
-        net_factory=net_factory,
+        net_factory=network_for(cfg, spec),
         matcher=instantiate(cfg.matcher),
-        sampler=instantiate(cfg.sampler),
+        sampler=build_sampler(cfg.sampler),
         initializer=instantiate(cfg.init),
-        cfg=loop,
+        cfg=from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed),
         dataset=cfg.dataset.name,
     )
 
 
-def periodic_evaluation(cfg: DictConfig, data: RealData) -> PeriodicEvaluation:
-    """Accuracy of the current set every ``eval_every`` outer iterations (cheaper periodic protocol)."""
-    name = cfg.evaluation.models[0]
-    periodic = cfg.evaluation.periodic
-    protocol = replace(protocol_from(cfg.evaluation), epochs=periodic.epochs, repeats=periodic.repeats)
-    return PeriodicEvaluation(
-        cfg.eval_every * cfg.distill.inner_loops, set_evaluator(cfg, name, data), protocol, name
-    )
+def distill_callbacks(cfg: DictConfig, out: Path, data: RealData) -> list[pl.Callback]:
+    """Checkpoints, exports, the clustering schedule (every selecting sampler), diagnostics, curves."""
+    every = cfg.distill.save_every * cfg.distill.inner_loops
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=every, save_last=True, save_top_k=0),
+        SyntheticExport(out, every, config=plain_config(cfg)),
+    ]
+    if sampler_selects(cfg.sampler):
+        callbacks.append(ClusteringCallback(cfg.sampler.interval))
+    if cfg.diagnostics_every:
+        callbacks.append(DiagnosticsCallback(cfg.diagnostics_every))
+    if cfg.eval_every:
+        name = cfg.evaluation.models[0]
+        callbacks.append(
+            PeriodicEvaluation(
+                cfg.eval_every * cfg.distill.inner_loops,
+                set_evaluator(cfg, name, data),
+                protocol_from(cfg.evaluation, periodic=True),
+                name,
+                inner_loops=cfg.distill.inner_loops,
+            )
+        )
+    return callbacks
 
 
 def resume_path(cfg: DictConfig, out: Path) -> str | None:
@@ -75,23 +91,11 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
     real = RealSet.from_data(data, "train")
     validate_against_data(cfg, real.class_sizes)
     module = build_module(cfg, real, data.spec)
-    every = cfg.distill.save_every * cfg.distill.inner_loops
-    config = plain_config(cfg)
-    callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=every, save_last=True, save_top_k=0),
-        SyntheticExport(out, every, config=config),
-    ]
-    if module.sampler.interval:
-        callbacks.append(ClusteringCallback(module.sampler.interval))
-    if cfg.diagnostics_every:
-        callbacks.append(DiagnosticsCallback(cfg.diagnostics_every))
-    if cfg.eval_every:
-        callbacks.append(periodic_evaluation(cfg, data))
     trainer = instantiate(
         cfg.trainer,
         max_steps=cfg.iterations * cfg.distill.inner_loops,
         max_epochs=-1,
-        callbacks=callbacks,
+        callbacks=distill_callbacks(cfg, out, data),
         logger=make_loggers(cfg, out, job_type="distill") or False,
         default_root_dir=str(out),
     )
@@ -103,13 +107,13 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
 def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealData) -> dict[str, float]:
     """The evaluator on the distilled set, beside its initialisation and random real images of equal size."""
     final = module.export()
-    sets = {"distilled": (final.images, final.labels)}
+    sets = {DISTILLED: (final.images, final.labels)}
     if cfg.evaluation.baseline:
         init = out / "synthetic_init.pt"
         if init.is_file():
             initial = load_set(init, data)
-            sets["initialisation"] = (initial.images, initial.labels)
-        sets[f"random real (ipc {cfg.ipc})"] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
+            sets[INITIALISATION] = (initial.images, initial.labels)
+        sets[baseline_label("random", cfg.ipc)] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
     rows = evaluate_sets(cfg, data, sets)
     write_report(rows, out)
     return eval_metrics(rows)

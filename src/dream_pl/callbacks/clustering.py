@@ -1,41 +1,40 @@
-"""ClusteringCallback: refresh the sampler's selection every ``I_int`` steps (DREAM's clustering events)."""
+"""ClusteringCallback: DREAM's clustering events, every ``I_int`` inner steps; the schedule's one owner."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytorch_lightning as pl
 
 
 class ClusteringCallback(pl.Callback):
-    """Calls ``sampler.refresh`` on the current matching network every ``interval`` inner steps.
+    """Calls ``pl_module.refresh_selection(step)`` every ``interval`` inner steps and logs what it returns.
 
-    It only decides *when*; the sampler decides *what*. A run resumed between two events reuses the
-    selection restored from the checkpoint, so it matches against exactly what an uninterrupted run did.
+    It decides only *when* (``sampler.interval`` in the config, checked once by ``config.validate``);
+    the module decides *what*. The first step it sees always refreshes unless a checkpoint restored the
+    callback's state: a resumed run then keeps the selection restored with the module, and matches
+    against exactly what an uninterrupted run did.
     """
 
     def __init__(self, interval: int) -> None:
-        if interval < 1:
-            raise ValueError(f"clustering interval={interval} must be >= 1")
         self.interval = interval
         self.last_refresh: int | None = None
         self.events = 0
 
+    def due(self, step: int) -> bool:
+        """Whether a clustering event runs before step ``step``."""
+        return step % self.interval == 0 or self.last_refresh is None
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Refresh on every multiple of the interval (and whenever no selection exists yet)."""
+        """Refresh on every multiple of the interval, and before the first step of a fresh run."""
         step = trainer.global_step
-        sampler = pl_module.sampler
-        if step % self.interval and sampler.ready():
+        if not self.due(step):
             return
-        t0 = time.perf_counter()
-        stats = sampler.refresh(pl_module.net, pl_module.real, seed=pl_module.cfg.seed * 1_000_003 + step)
+        stats = pl_module.refresh_selection(step)
         self.last_refresh, self.events = step, self.events + 1
-        pl_module.log("distill/time/cluster_s", time.perf_counter() - t0, on_step=True)
-        for key, value in stats.items():
-            pl_module.log(f"distill/cluster/{key}", value, on_step=True)
+        pl_module.log_dict({f"distill/{k}": v for k, v in stats.items()}, on_step=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Step of the last clustering event and the event count."""

@@ -12,9 +12,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from dream_pl.diagnostics import median_bandwidth, mmd2_rbf, per_sample_grad_norms
-from dream_pl.features import embed_class
-
 
 class DiagnosticsCallback(pl.Callback):
     """Logs ``distill/diag/{mmd,gradnorm}_{selected,random}`` (and gradient-norm histograms where supported).
@@ -35,31 +32,8 @@ class DiagnosticsCallback(pl.Callback):
         step = trainer.global_step
         if step % self.every_n_steps:
             return
-        real, net, sampler = pl_module.real, pl_module.net, pl_module.sampler
-        g = torch.Generator().manual_seed(pl_module.cfg.seed * 7 + step)
-        stats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("mmd_selected", "mmd_random", "gn_selected", "gn_random")
-        }
-        was_training = net.training
-        net.eval()
-        for c in range(min(self.max_classes, real.num_classes)):
-            selected = sampler.indices(real, c, g).to(real.images.device)
-            random = real.sample_class(c, len(selected), g).to(real.images.device)
-            ref = real.sample_class(c, min(self.reference, real.class_sizes[c]), g).to(real.images.device)
-            feats = embed_class(net, real, c, indices=torch.cat([ref, selected, random]))
-            f_ref, f_sel, f_rnd = feats.split([len(ref), len(selected), len(random)])
-            sigma = median_bandwidth(f_ref)
-            stats["mmd_selected"].append(mmd2_rbf(f_sel, f_ref, sigma))
-            stats["mmd_random"].append(mmd2_rbf(f_rnd, f_ref, sigma))
-            y = torch.full((len(selected),), c, device=real.images.device)
-            stats["gn_selected"].append(per_sample_grad_norms(net, real.class_images(c, selected), y))
-            stats["gn_random"].append(per_sample_grad_norms(net, real.class_images(c, random), y))
-        net.train(was_training)
-        self._log(
-            trainer,
-            pl_module,
-            {k: torch.stack(v) if k.startswith("mmd") else torch.cat(v) for k, v in stats.items()},
-        )
+        stats = pl_module.selection_diagnostics(step, self.max_classes, self.reference)
+        self._log(trainer, pl_module, stats)
 
     def _log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: dict[str, torch.Tensor]

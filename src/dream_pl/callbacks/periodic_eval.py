@@ -18,6 +18,7 @@ class PeriodicEvaluation(pl.Callback):
         evaluate: ``(images, labels, protocol) -> EvalResult`` on the real test set.
         protocol: usually a cheap one (fewer epochs and repeats than the final evaluation).
         name: architecture name, for the logged key ``eval/<name>/acc``.
+        inner_loops: steps per outer iteration (the curve's x axis is the outer iteration).
     """
 
     def __init__(
@@ -26,15 +27,17 @@ class PeriodicEvaluation(pl.Callback):
         evaluate: Callable[..., EvalResult],
         protocol: EvalProtocol,
         name: str,
+        inner_loops: int,
     ) -> None:
         self.every_n_steps, self.evaluate, self.protocol, self.name = every_n_steps, evaluate, protocol, name
+        self.inner_loops = inner_loops
         self.history: list[dict[str, float]] = []
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration."""
         data = pl_module.export()
         result = self.evaluate(data.images, data.labels, protocol=self.protocol)
-        outer = trainer.global_step / pl_module.cfg.inner_loops
+        outer = trainer.global_step / self.inner_loops
         row = {"step": trainer.global_step, "iteration": outer, "acc": result.mean, "std": result.std}
         self.history.append(row)
         for logger in trainer.loggers:

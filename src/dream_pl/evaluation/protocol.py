@@ -21,22 +21,26 @@ from dream_pl.evaluation.stacked import StackedClassifier
 from dream_pl.quiet import quiet_lightning
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalProtocol:
-    """How a set is evaluated (the ``evaluation`` config block)."""
+    """How a set is evaluated: the protocol fields of the ``evaluation`` config block.
 
-    epochs: int = 1000
-    repeats: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: tuple[float, ...] = (2 / 3, 5 / 6)
-    lr_gamma: float = 0.2
-    dsa: str = "color_crop_flip_scale_rotate"
-    cutmix_p: float = 0.5
-    test_batch: int = 500
-    stacked: bool | None = None  # None: vmap-stacked on a GPU when the architecture allows, looped on a CPU
+    The values, with the paper's defaults and what each means, live in ``conf/evaluation/default.yaml``;
+    ``dream_pl.evaluation.suite.protocol_from`` builds this from it and rejects unknown keys.
+    """
+
+    epochs: int
+    repeats: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_milestones: tuple[float, ...]
+    lr_gamma: float
+    dsa: str
+    cutmix_p: float
+    test_batch: int
+    stacked: bool | None  # None: vmap-stacked on a GPU when the architecture allows, looped on a CPU
 
     def milestones(self) -> tuple[int, ...]:
         """Epochs at which the lr decays (666 and 833 for 1,000 epochs)."""
@@ -119,28 +123,20 @@ def evaluate_set(
         std: per-channel normalisation std.
         num_classes: K.
         protocol: epochs, optimiser, augmentation and repeats.
-        seed: repeat r is initialised with seed ``seed + r``.
+        seed: the evaluation's seed; each repeat's initialisation and draws are derived from it.
         accelerator: Lightning accelerator.
         progress: show Lightning's progress bar.
     """
     start = time.perf_counter()
     module = StackedClassifier(
         factory,
-        [seed + r for r in range(protocol.repeats)],
         images,
         labels,
+        protocol=protocol,
+        seed=seed,
         mean=mean,
         std=std,
         num_classes=num_classes,
-        epochs=protocol.epochs,
-        batch_size=protocol.batch_size,
-        lr=protocol.lr,
-        momentum=protocol.momentum,
-        weight_decay=protocol.weight_decay,
-        milestones=protocol.milestones(),
-        gamma=protocol.lr_gamma,
-        dsa=protocol.dsa,
-        cutmix_p=protocol.cutmix_p,
         stacked=use_stacking(protocol.stacked, accelerator),
     )
     loader = torch.utils.data.DataLoader(

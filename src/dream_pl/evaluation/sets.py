@@ -10,9 +10,24 @@ from torch import Tensor, nn
 from dream_pl.coreset import herding, kcenter
 from dream_pl.data import RealData, RealSet
 from dream_pl.features import embed_class
+from dream_pl.seeding import derive, generator
 from dream_pl.synthetic import SyntheticData, load_synthetic
 
 BASELINES = ("random", "herding", "kcenter", "whole")
+
+# The set labels of eval.json, tables, logger keys and sweep reports: one vocabulary for every entry point.
+DISTILLED = "distilled"  # a learned synthetic set
+INITIALISATION = "initialisation"  # the synthetic set before the first step (synthetic_init.pt)
+
+
+def baseline_label(name: str, ipc: int) -> str:
+    """Label of a real-image baseline: ``random real (ipc 10)``, ..., ``whole real set``."""
+    return "whole real set" if name == "whole" else f"{name} real (ipc {ipc})"
+
+
+def is_random_baseline(label: str) -> bool:
+    """Whether ``label`` names random real images (the reference every gain is stated against)."""
+    return label.startswith("random real")
 
 
 class SetMismatchError(ValueError):
@@ -55,7 +70,7 @@ def baseline_set(
     if name == "whole":
         return real.train_images.float() / 255, real.train_labels.clone()
     rs = RealSet.from_data(real, "train")
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, "baseline", name)
     picks = []
     for c in range(rs.num_classes):
         if name == "random":
@@ -64,7 +79,11 @@ def baseline_set(
             if net is None:
                 raise ValueError(f"the {name} baseline needs a feature network")
             feats = embed_class(net, rs, c)
-            idx = herding(feats, ipc) if name == "herding" else kcenter(feats, ipc, seed=seed + c)
+            idx = (
+                herding(feats, ipc)
+                if name == "herding"
+                else kcenter(feats, ipc, seed=derive(seed, "kcenter", c))
+            )
         picks.append(rs.images[rs.class_slice(c)][idx])
     images = torch.cat(picks).float() / 255
     labels = torch.arange(rs.num_classes).repeat_interleave(ipc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +23,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from torchmetrics.classification import MulticlassAccuracy
 
 from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
+from dream_pl.seeding import derive, generator
+
+if TYPE_CHECKING:
+    from dream_pl.evaluation.protocol import EvalProtocol
 
 
 def supports_stacking(net: nn.Module) -> bool:
@@ -29,55 +34,46 @@ def supports_stacking(net: nn.Module) -> bool:
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def seeded_nets(factory: Callable[[], nn.Module], seeds: list[int]) -> list[nn.Module]:
-    """One freshly initialised network per seed, without touching the global RNG stream."""
+def seeded_nets(factory: Callable[[], nn.Module], seed: int, repeats: int) -> list[nn.Module]:
+    """Network r initialised from the stream (seed, "repeat", r), without touching the global RNG stream."""
     nets = []
-    for seed in seeds:
+    for r in range(repeats):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(derive(seed, "repeat", r))
             nets.append(factory())
     return nets
 
 
 class StackedClassifier(pl.LightningModule):
-    """R classifiers trained on one small set; each draws its own batches and augmentations.
+    """R = ``protocol.repeats`` classifiers trained on one small set, each with its own batches and draws.
 
     Args:
         factory: builds one network.
-        seeds: one initialisation seed per repeat (R = len(seeds)).
         images: [N, C, H, W] training images in pixel space.
         labels: [N] labels.
+        protocol: epochs, SGD schedule, batch size, DSA and CutMix.
+        seed: the evaluation's seed (initialisations, batch order and draws are derived from it).
         mean, std: normalisation of the dataset.
         num_classes: K.
-        epochs, batch_size, lr, momentum, weight_decay, milestones, gamma: the SGD protocol.
-        dsa: per-sample DSA strategy; cutmix_p: CutMix probability per batch.
         stacked: use ``vmap`` over stacked parameters (default: when the architecture allows it).
     """
 
     def __init__(
         self,
         factory: Callable[[], nn.Module],
-        seeds: list[int],
         images: Tensor,
         labels: Tensor,
         *,
+        protocol: EvalProtocol,
+        seed: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
         num_classes: int,
-        epochs: int,
-        batch_size: int = 64,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        milestones: tuple[int, ...] = (),
-        gamma: float = 0.2,
-        dsa: str = "",
-        cutmix_p: float = 0.0,
         stacked: bool | None = None,
     ) -> None:
         super().__init__()
-        nets = seeded_nets(factory, seeds)
-        self.repeats, self.seed = len(seeds), seeds[0]
+        nets = seeded_nets(factory, seed, protocol.repeats)
+        self.repeats, self.seed, self.protocol = protocol.repeats, seed, protocol
         self.stacked = supports_stacking(nets[0]) if stacked is None else stacked
         if self.stacked:
             params, buffers = stack_module_state(nets)
@@ -92,11 +88,10 @@ class StackedClassifier(pl.LightningModule):
         self.register_buffer("labels", labels.long())
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.epochs, self.batch_size = epochs, batch_size
-        self.opt_args = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        self.milestones, self.gamma = list(milestones), gamma
-        self.aug, self.cutmix_p = DiffAugment(dsa), cutmix_p
-        self.test_acc = nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in seeds)
+        self.aug = DiffAugment(protocol.dsa)
+        self.test_acc = nn.ModuleList(
+            MulticlassAccuracy(num_classes, average="micro") for _ in range(self.repeats)
+        )
 
     def logits(self, x: Tensor) -> Tensor:
         """x: [R, B, C, H, W] normalised -> [R, B, K], network r on batch r."""
@@ -113,14 +108,15 @@ class StackedClassifier(pl.LightningModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """Batches of indices [R, b]: every repeat reshuffles the set independently each epoch."""
         return torch.utils.data.DataLoader(
-            _RepeatBatches(len(self.labels), self.repeats, self.batch_size, self.seed),
+            _RepeatBatches(len(self.labels), self.repeats, self.protocol.batch_size, self.seed),
             batch_size=None,
         )
 
     def configure_optimizers(self) -> dict:
         """SGD with the multi-step schedule (per epoch)."""
-        opt = torch.optim.SGD(self.parameters(), **self.opt_args)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, self.milestones, self.gamma)
+        p = self.protocol
+        opt = torch.optim.SGD(self.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(p.milestones()), p.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
@@ -128,15 +124,15 @@ class StackedClassifier(pl.LightningModule):
         b = idx.shape[1]
         x = (self.images[idx] - self.mean) / self.std  # [R, b, C, H, W]
         y = self.labels[idx]
-        step_seed = self.seed * 1_000_003 + self.global_step
-        g = torch.Generator(device=self.device).manual_seed(step_seed)
-        g_cpu = torch.Generator().manual_seed(step_seed)  # CutMix draws on the host: no device sync
+        g = generator(self.seed, "eval_step", self.global_step, "device", device=self.device)
+        g_cpu = generator(self.seed, "eval_step", self.global_step, "host")  # CutMix draws: no device sync
         x = self.aug(x.flatten(0, 1), shared=False, generator=g).view_as(x)
-        if self.cutmix_p <= 0:
+        cutmix_p = self.protocol.cutmix_p
+        if cutmix_p <= 0:
             return F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / b
         mixed, targets = [], []
         for xr, yr in zip(x, y, strict=True):
-            if float(torch.rand((), generator=g_cpu)) < self.cutmix_p:
+            if float(torch.rand((), generator=g_cpu)) < cutmix_p:
                 xr, y_a, y_b, lam = cutmix(xr, yr, generator=g_cpu)
                 targets.append((y_a, y_b, lam))
             else:
@@ -174,7 +170,7 @@ class _RepeatBatches(torch.utils.data.IterableDataset):
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = generator(self.seed, "eval_epoch", self.epoch)
         self.epoch += 1
         perms = torch.stack([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
         yield from perms.split(self.batch_size, dim=1)

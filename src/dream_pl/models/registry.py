@@ -1,6 +1,8 @@
 """Name -> constructor registry, so configs pick architectures by string (timm style)."""
 
+import inspect
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
@@ -33,6 +35,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_options(name: str) -> list[str]:
+    """The knobs of architecture ``name`` a config may set (beyond the dataset's shape)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
+    shape = ("channels", "num_classes", "size")
+    return [p for p in inspect.signature(_REGISTRY[name]).parameters if p not in shape]
+
+
 def create_model(name: str, *, channels: int, num_classes: int, size: int, **overrides: object) -> nn.Module:
     """Build a registered model; ``None`` overrides fall back to the constructor default.
 
@@ -45,3 +55,12 @@ def create_model(name: str, *, channels: int, num_classes: int, size: int, **ove
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
     knobs = {key: value for key, value in overrides.items() if value is not None}
     return _REGISTRY[name](channels=channels, num_classes=num_classes, size=size, **knobs)
+
+
+def network_factory(
+    name: str, *, channels: int, num_classes: int, size: int, **knobs: object
+) -> Callable[[], nn.Module]:
+    """A no-argument builder of architecture ``name`` for a dataset's shape (every caller's networks)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
+    return partial(create_model, name, channels=channels, num_classes=num_classes, size=size, **knobs)

@@ -10,33 +10,30 @@ from torch import Tensor, nn
 
 from dream_pl.data import RealSet
 from dream_pl.features import embed_class
+from dream_pl.seeding import derive, generator
 
 
 class Sampler(ABC):
     """Gives, for class ``c``, the within-class indices of the real batch to match against.
 
-    ``interval`` is the number of inner steps between :meth:`refresh` calls (``None``: never refreshed);
-    the clustering callback reads it, the sampler itself never decides when to refresh.
+    ``selects`` says whether the sampler holds a selection that :meth:`refresh` recomputes; when to
+    refresh is decided by the clustering callback alone (``sampler.interval`` in the config).
     """
 
-    interval: int | None = None
+    selects: bool = False
 
     @abstractmethod
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """Within-class indices of class ``c``'s next matching batch."""
 
     def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
-        """Recompute any selection from the current network; returns stats to log."""
+        """Recompute any selection from the current network (``seed``: this event's); returns stats to log."""
         del net, real, seed
         return {}
 
     def batch_size(self) -> int:
         """Real images per matching batch."""
         raise NotImplementedError
-
-    def ready(self) -> bool:
-        """Whether :meth:`indices` can answer without a refresh first."""
-        return True
 
     def state_dict(self) -> dict[str, Any]:
         """Selection state for checkpoints."""
@@ -58,19 +55,15 @@ class SelectionSampler(Sampler):
     subset of each class) and bookkeeping live here.
     """
 
-    def __init__(self, *, interval: int, embed_subset: int | None = None, embed_chunk: int = 512) -> None:
-        if interval < 1:
-            raise ValueError(f"sampler.interval={interval} must be >= 1")
-        self.interval, self.embed_subset, self.embed_chunk = interval, embed_subset, embed_chunk
+    selects = True
+
+    def __init__(self, *, embed_subset: int | None = None, embed_chunk: int = 512) -> None:
+        self.embed_subset, self.embed_chunk = embed_subset, embed_chunk
         self.selection: list[Tensor] = []
 
     @abstractmethod
     def select(self, features: Tensor, *, seed: int) -> Tensor:
         """Indices (into ``features``' rows) of the matching batch."""
-
-    def ready(self) -> bool:
-        """A selection exists (from a refresh or a restored checkpoint)."""
-        return bool(self.selection)
 
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """The class's current selection (a fixed batch until the next refresh)."""
@@ -84,7 +77,7 @@ class SelectionSampler(Sampler):
         size = real.class_sizes[c]
         if self.embed_subset is None or self.embed_subset >= size:
             return None
-        g = torch.Generator().manual_seed(seed * 1009 + c)
+        g = generator(seed, "embed_subset", c)
         return torch.randperm(size, generator=g)[: self.embed_subset].to(real.images.device)
 
     def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
@@ -93,7 +86,7 @@ class SelectionSampler(Sampler):
         for c in range(real.num_classes):
             cand = self.candidates(real, c, seed)
             features = embed_class(net, real, c, indices=cand, chunk=self.embed_chunk)
-            chosen = self.select(features, seed=seed + c).to(real.images.device)
+            chosen = self.select(features, seed=derive(seed, "select", c)).to(real.images.device)
             selection.append(chosen if cand is None else cand[chosen])
         self.selection = selection
         return {}

@@ -9,16 +9,10 @@ from dream_pl.samplers.base import SelectionSampler
 
 
 class _CoresetSampler(SelectionSampler):
-    """A fixed-size selection per class, refreshed every ``interval`` steps; subclasses pick the rule."""
+    """A fixed-size selection per class, recomputed at every refresh; subclasses pick the rule."""
 
-    def __init__(
-        self,
-        batch_size: int = 128,
-        interval: int = 10,
-        embed_subset: int | None = None,
-        embed_chunk: int = 512,
-    ) -> None:
-        super().__init__(interval=interval, embed_subset=embed_subset, embed_chunk=embed_chunk)
+    def __init__(self, batch_size: int, embed_subset: int | None = None, embed_chunk: int = 512) -> None:
+        super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk)
         self._batch_size = batch_size
 
     def batch_size(self) -> int:

@@ -12,7 +12,7 @@ from dream_pl.samplers.base import Sampler
 class RandomSampler(Sampler):
     """Random real batch of ``batch_size`` images per match (without replacement within a batch)."""
 
-    def __init__(self, batch_size: int = 128) -> None:
+    def __init__(self, batch_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"sampler.batch_size={batch_size} must be >= 1")
         self._batch_size = batch_size

@@ -9,6 +9,7 @@ from dream_pl.clustering import batched_kmeans, nearest_to_centres, resolve_back
 from dream_pl.data import RealSet
 from dream_pl.features import embed_class
 from dream_pl.samplers.base import SelectionSampler
+from dream_pl.seeding import derive
 
 BATCH_ELEMENTS = 2**28  # padded features clustered together: 1 GiB of float32 per class group
 
@@ -19,7 +20,6 @@ class RepresentativeSampler(SelectionSampler):
     Args:
         n_clusters: N, the K of the per-class K-means.
         n_per_cluster: n, images taken nearest each centre.
-        interval: I_int, inner steps between clustering events.
         backend: K-means backend (``auto``, ``faiss``, ``torch``).
         max_iter: Lloyd iterations.
         embed_subset: embed only a random subset of this many images per class (speed option).
@@ -28,15 +28,14 @@ class RepresentativeSampler(SelectionSampler):
 
     def __init__(
         self,
-        n_clusters: int = 128,
+        n_clusters: int,
         n_per_cluster: int = 1,
-        interval: int = 10,
         backend: str = "auto",
         max_iter: int = 100,
         embed_subset: int | None = None,
         embed_chunk: int = 512,
     ) -> None:
-        super().__init__(interval=interval, embed_subset=embed_subset, embed_chunk=embed_chunk)
+        super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk)
         if n_clusters < 1 or n_per_cluster < 1:
             raise ValueError(
                 f"sampler.n_clusters={n_clusters} and n_per_cluster={n_per_cluster} must be >= 1"
@@ -75,7 +74,7 @@ class RepresentativeSampler(SelectionSampler):
                 self.n_clusters,
                 mask=_mask([len(feats[c]) for c in group], probe.device),
                 max_iter=self.max_iter,
-                seed=seed + group[0],
+                seeds=[derive(seed, "select", c) for c in group],
             )
             for c, result in zip(group, results, strict=True):
                 chosen = nearest_to_centres(feats[c], result.centroids, self.n_per_cluster).flatten()

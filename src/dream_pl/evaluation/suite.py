@@ -1,0 +1,78 @@
+"""Evaluation from a config: the protocol, the networks, and every (architecture, set) pair of a run.
+
+Both entry points (``dream_pl.train`` after distilling, ``dream_pl.evaluate`` on a saved set) and the
+periodic evaluation during distillation go through these functions, so a set is evaluated one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from dream_pl.config import EVALUATION_RUN_KEYS, from_block
+from dream_pl.data import DatasetSpec, RealData
+from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
+from dream_pl.models import network_factory
+
+
+def protocol_from(ev: DictConfig, *, periodic: bool = False) -> EvalProtocol:
+    """The ``evaluation`` block as an :class:`EvalProtocol`.
+
+    ``periodic``: with the cheaper epochs and repeats of ``evaluation.periodic``.
+    """
+    protocol = from_block(EvalProtocol, ev, "evaluation", ignore=EVALUATION_RUN_KEYS)
+    if periodic:
+        protocol = replace(protocol, epochs=ev.periodic.epochs, repeats=ev.periodic.repeats)
+    return protocol
+
+
+def network_for(cfg: DictConfig, spec: DatasetSpec, name: str | None = None) -> Callable[[], nn.Module]:
+    """Builder of architecture ``name`` (default: the ``model`` group's) for the dataset's shape.
+
+    The ``model`` group's knobs (width, depth, norm, ...) apply when it names the same architecture;
+    another architecture (``evaluation.models``) is built with its own defaults.
+    """
+    shape = {"channels": spec.channels, "num_classes": spec.num_classes, "size": spec.size}
+    if name is None or name == cfg.model.name:
+        return instantiate(cfg.model, **shape)
+    return network_factory(name, **shape)
+
+
+def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., EvalResult]:
+    """``(images, labels, protocol) -> EvalResult``: architecture ``name`` tested on ``real``'s test set."""
+    factory = network_for(cfg, real.spec, name)
+
+    def run(images: Tensor, labels: Tensor, *, protocol: EvalProtocol) -> EvalResult:
+        return evaluate_set(
+            factory,
+            images,
+            labels,
+            (real.test_images, real.test_labels),
+            model=name,
+            mean=real.spec.mean,
+            std=real.spec.std,
+            num_classes=real.spec.num_classes,
+            protocol=protocol,
+            seed=cfg.seed,
+            accelerator=cfg.trainer.accelerator,
+        )
+
+    return run
+
+
+def evaluate_sets(
+    cfg: DictConfig, real: RealData, sets: dict[str, tuple[Tensor, Tensor]]
+) -> list[dict[str, Any]]:
+    """Every (architecture of ``evaluation.models``, labelled set) pair under the configured protocol."""
+    protocol = protocol_from(cfg.evaluation)
+    rows = []
+    for name in cfg.evaluation.models:
+        run = set_evaluator(cfg, name, real)
+        for label, (images, labels) in sets.items():
+            rows.append({"set": label, **run(images, labels, protocol=protocol).as_dict()})
+    return rows
