@@ -24,7 +24,7 @@ from dream_pl.data import load_dataset
 from dream_pl.evaluation import evaluate_set
 from dream_pl.evaluation.sets import baseline_set
 from dream_pl.evaluation.suite import protocol_from
-from dream_pl.models import create_model
+from dream_pl.models import network_factory
 
 
 def main() -> None:
@@ -40,8 +40,7 @@ def main() -> None:
     images, labels = baseline_set("random", data, args.images_per_class, seed=0)
     spec = data.spec
 
-    def factory() -> torch.nn.Module:
-        return create_model("convnet", channels=1, num_classes=10, size=28, width=args.width)
+    factory = network_factory("convnet", channels=1, num_classes=10, size=28, width=args.width)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         paper = protocol_from(compose("eval", overrides=["synthetic=random"]).evaluation)  # mnist_5k's recipe

@@ -40,7 +40,7 @@ def mnist_5k():
 # --- specs -------------------------------------------------------------------------------------
 
 
-def test_specs_match_reference_constants():
+def test_specs_match_the_published_constants():
     assert get_spec("cifar100").num_classes == 100
     assert get_spec("cifar10").mean == (0.4914, 0.4822, 0.4465)
     assert get_spec("svhn").std == (0.1980, 0.2010, 0.1970)

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from dream_pl import load_synthetic
+from dream_pl.data import RealSet, load_dataset
 from dream_pl.distill import DistillModule, NonFiniteLossError, effective_lr_img
 from dream_pl.matchers import GradientMatcher
 from dream_pl.models import create_model
 from dream_pl.synthetic import decode
-from dream_pl.train import distill
+from dream_pl.train import build_module, distill
 
 
 def test_effective_lr_matches_idc_table():
@@ -136,3 +137,20 @@ def test_diagnostics_and_per_class_losses_are_logged(tmp_path, tiny_cfg):
         "distill/time/cluster_s",
         "distill/peak_mem_mb",
     } <= set(header)
+
+
+@pytest.mark.parametrize("sampler", ["dream", "random"])
+def test_standalone_steps_equal_the_trainer_run(tmp_path, tiny_cfg, sampler):
+    """Benchmarks drive prepare / refresh_selection / distill_step without a Trainer: the same images."""
+    cfg = tiny_cfg(tmp_path / "fit", f"sampler={sampler}")
+    fitted = distill(cfg)[0].synthetic.images.detach()
+    data = load_dataset(cfg.dataset.name)
+    module = build_module(cfg, RealSet.from_data(data, "train"), data.spec)
+    module.prepare()
+    steps = cfg.iterations * cfg.distill.inner_loops
+    for step in range(steps):
+        if sampler == "dream" and step % cfg.sampler.interval == 0:
+            assert module.refresh_selection(step)["time/cluster_s"] > 0
+        out = module.distill_step(step)
+        assert torch.isfinite(out["loss"])
+    torch.testing.assert_close(module.synthetic.images.detach(), fitted, rtol=1e-5, atol=1e-6)

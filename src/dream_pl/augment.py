@@ -187,7 +187,7 @@ class DiffAugment(nn.Module):
         return _rotate(x, (draw.uniform() - 0.5) * 2 * math.radians(self.rotate_deg))
 
     def _random_translate(self, x: Tensor, draw: _Draw) -> Tensor:
-        """Sub-pixel shift of up to crop_ratio of the side (the facts give no own range)."""
+        """Sub-pixel shift of up to crop_ratio of the side (DSA defines no range of its own for it)."""
         span = 2 * 2 * self.crop_ratio  # normalised width 2 times crop_ratio, both directions
         return _translate(x, (draw.uniform() - 0.5) * span, (draw.uniform() - 0.5) * span)
 

@@ -1,6 +1,6 @@
 """Embedding a class's real images with the matching network, in bounded memory.
 
-This pass, not K-means, dominates DREAM's clustering cost on a CPU (reference_costs.md): it runs under
+This pass, not K-means, dominates DREAM's clustering cost on a CPU (docs/benchmarks.md): it runs under
 ``torch.inference_mode`` in chunks, in channels_last layout on the CPU.
 """
 

@@ -21,8 +21,8 @@ from dream_pl.evaluation.sets import DISTILLED, INITIALISATION, baseline_label, 
 from dream_pl.evaluation.suite import evaluate_sets, network_for, protocol_from, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
 from dream_pl.quiet import quiet_lightning
-from dream_pl.samplers import Sampler
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
+from dream_pl.samplers import Sampler
 
 log = logging.getLogger("dream_pl.train")  # not __main__ under `python -m`
 
