@@ -200,11 +200,19 @@ def test_representative_is_an_alias_of_dream(compose_train):
 
 
 @pytest.mark.parametrize(
-    ("option", "cls"), [("kmeans", KMeansInit), ("random", RandomRealInit), ("noise", NoiseInit)]
+    ("option", "cls"),
+    [("kmeans", KMeansInit), ("random", RandomRealInit), ("first", RandomRealInit), ("noise", NoiseInit)],
 )
 def test_every_init_builds(compose_train, option, cls):
-    assert sorted(group_options("init")) == ["kmeans", "noise", "random"]
+    assert sorted(group_options("init")) == ["first", "kmeans", "noise", "random"]
     assert isinstance(instantiate(compose_train([f"init={option}"]).init), cls)
+
+
+def test_kmeans_defaults_are_the_authors_uniform_start_on_matched_features(compose_train):
+    cfg = compose_train([])
+    for block in (cfg.sampler, cfg.init):
+        assert (block.kmeans_init, block.features) == ("random", "normalized")
+    assert instantiate(compose_train(["init=first"]).init).order == "first"
 
 
 @pytest.mark.parametrize(
@@ -298,6 +306,9 @@ def test_recipe_sets_the_augmentation_per_dataset(compose_train):
         ("matcher.metric=foo", ["'foo'", "mse", "l1", "l1_mean", "cos"]),
         ("sampler.backend=foo", ["'foo'", "auto", "faiss", "torch"]),
         ("init.backend=foo", ["'foo'", "auto", "faiss", "torch"]),
+        ("sampler.kmeans_init=k-means++", ["'k-means++'", "random", "kmeans++"]),
+        ("init.features=raw", ["init.features", "'raw'", "normalized", "pixels"]),
+        ("distill.image_step=each", ["'each'", "joint", "per_class"]),
         ("distill.match_dsa=color_bogus", ["color_bogus", "'bogus'", "crop", "cutout", "flip", "rotate"]),
         ("evaluation.models=[nope]", ["'nope'", *MODEL_NAMES]),
         ("evaluation.repeats=0", ["evaluation.repeats=0", ">= 1"]),

@@ -8,6 +8,7 @@ from dream_pl.data import RealSet, load_dataset
 from dream_pl.distill import DistillModule, NonFiniteLossError, effective_lr_img
 from dream_pl.matchers import GradientMatcher
 from dream_pl.models import create_model
+from dream_pl.seeding import generator
 from dream_pl.synthetic import decode
 from dream_pl.train import build_module, distill
 
@@ -128,8 +129,11 @@ def test_diagnostics_and_per_class_losses_are_logged(tmp_path, tiny_cfg):
     cfg = tiny_cfg(tmp_path, "diagnostics_every=3", "logger=csv", "trainer.log_every_n_steps=1")
     distill(cfg)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("mmd_selected", "mmd_random", "gradnorm_selected", "gradnorm_random"):
+    diag = ("mmd", "graddist", "gradnorm")
+    for key in [f"{d}_{which}" for d in diag for which in ("selected", "random")] + ["graddist_ratio"]:
         assert f"distill/diag/{key}" in header
+    for key in ("lloyd_iterations", "centroid_dist_selected", "centroid_dist_class", "centroid_dist_ratio"):
+        assert f"distill/cluster/{key}" in header  # selection quality at every clustering event
     assert {f"distill/loss_class/{c}" for c in range(10)} <= set(header)
     assert {
         "distill/time/match_s",
@@ -149,8 +153,42 @@ def test_standalone_steps_equal_the_trainer_run(tmp_path, tiny_cfg, sampler):
     module.prepare()
     steps = cfg.iterations * cfg.distill.inner_loops
     for step in range(steps):
-        if sampler == "dream" and step % cfg.sampler.interval == 0:
+        if sampler == "dream" and (step % cfg.distill.inner_loops) % cfg.sampler.interval == 0:
             assert module.refresh_selection(step)["time/cluster_s"] > 0
         out = module.distill_step(step)
         assert torch.isfinite(out["loss"])
     torch.testing.assert_close(module.synthetic.images.detach(), fitted, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["joint", "per_class"])
+def test_one_inner_step_of_each_image_step_by_hand(tmp_path, tiny_cfg, mode):
+    """joint: x - lr * sum_c g_c. per_class: SGD (momentum 0.5) stepped after every class (the authors')."""
+    cfg = tiny_cfg(tmp_path, "sampler=random", "init=random", f"distill.image_step={mode}")
+    data = load_dataset(cfg.dataset.name)
+
+    def prepared() -> DistillModule:
+        module = build_module(cfg, RealSet.from_data(data, "train"), data.spec)
+        module.prepare()
+        return module
+
+    probe, module = prepared(), prepared()
+    x0 = probe.synthetic.images.detach().clone()
+    g_cpu = generator(cfg.seed, "step", 0, "host")
+    g_dev = generator(cfg.seed, "step", 0, "device")
+    grads = [
+        torch.autograd.grad(probe.match_class(c, g_cpu, g_dev), probe.synthetic.images)[0] for c in range(10)
+    ]
+    lr, momentum = probe.configure_optimizers().param_groups[0]["lr"], cfg.distill.momentum_img
+    if mode == "joint":
+        expected = x0 - lr * sum(grads)
+    else:
+        shift, buf = torch.zeros_like(x0), torch.zeros_like(x0)
+        for g in grads:  # each class's step also carries the earlier classes' momentum
+            buf = momentum * buf + g
+            shift += lr * buf
+        expected = x0 - shift
+        # class 0 moves by (1 + 0.5 + ... + 0.5^9) lr g_0, the last class by lr g_9
+        torch.testing.assert_close(shift[0], (1 - 0.5**10) / 0.5 * lr * grads[0][0])
+        torch.testing.assert_close(shift[9], lr * grads[9][9])
+    module.distill_step(0)
+    torch.testing.assert_close(module.synthetic.images.detach(), expected, rtol=1e-5, atol=1e-7)

@@ -1,13 +1,17 @@
 """Tests for the synthetic-set initialisers on real MNIST (mnist_5k, 400 training images per class)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from dream_pl.data import RealData, RealSet, load_dataset
+from dream_pl.evaluation import evaluate_set
+from dream_pl.evaluation.sets import baseline_set
 from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
-from dream_pl.models import create_model
+from dream_pl.models import create_model, network_factory
+from dream_pl.synthetic import decode, tile
 
 NUM_CLASSES = 10
 
@@ -121,3 +125,43 @@ def test_noise_init_is_clamped_noise_around_grey(real, net):
     assert float((stored == 0).float().mean()) == pytest.approx(below, abs=0.004)
     assert float((stored == 1).float().mean()) == pytest.approx(below, abs=0.004)
     assert torch.equal(stored, NoiseInit()(real, net, ipc=2, factor=2, seed=0))
+
+
+def test_first_order_takes_idcs_picks(real, class_pixels, net):
+    stored = RandomRealInit(order="first")(real, net, ipc=1, factor=2, seed=0)
+    expected = torch.cat([tile(class_pixels[c][:4], 2) for c in range(NUM_CLASSES)])  # first f^2 in order
+    assert torch.equal(stored, expected)
+    with pytest.raises(ValueError, match="order='last'"):
+        RandomRealInit(order="last")
+
+
+def test_tiled_random_init_trains_better_than_the_same_number_of_whole_images(
+    data, real, net, mnist_protocol
+):
+    """The multi-formation init holds f^2 real images per stored image: evaluated on real MNIST, 4 tiled
+    random images per class must beat 1 whole random image per class (the random-real baseline of the same
+    storage) by a wide margin. A broken tiling or decode (crops misaligned, wrong class) would not."""
+    stored = RandomRealInit()(real, net, ipc=1, factor=2, seed=0)
+    tiled = torch.cat([decode(stored[c : c + 1], 2) for c in range(NUM_CLASSES)])
+    tiled_labels = torch.arange(NUM_CLASSES).repeat_interleave(4)
+    protocol = replace(mnist_protocol, epochs=100, repeats=2)
+    factory = network_factory("convnet", channels=1, num_classes=NUM_CLASSES, size=28, width=32)
+
+    def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+        result = evaluate_set(
+            factory,
+            images,
+            labels,
+            (data.test_images, data.test_labels),
+            model="convnet",
+            mean=data.spec.mean,
+            std=data.spec.std,
+            num_classes=NUM_CLASSES,
+            protocol=protocol,
+            accelerator="cpu",
+        )
+        return result.mean
+
+    init_acc = accuracy(tiled, tiled_labels)
+    baseline_acc = accuracy(*baseline_set("random", data, 1, seed=0))
+    assert init_acc > baseline_acc + 5, (init_acc, baseline_acc)

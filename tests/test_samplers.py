@@ -100,15 +100,50 @@ def test_clustering_callback_fires_every_interval_through_the_module():
         def log_dict(self, metrics, **kwargs):
             assert metrics == {"distill/time/cluster_s": 0.1}
 
-    cb = ClusteringCallback(interval=10)
+    cb = ClusteringCallback(interval=10, inner_loops=100)
     for step in range(25):
         cb.on_train_batch_start(SimpleNamespace(global_step=step), Module(), None, step)
     assert refreshed == [0, 10, 20]
     assert cb.state_dict() == {"last_refresh": 20, "events": 3}
-    restored = ClusteringCallback(interval=10)
+    restored = ClusteringCallback(interval=10, inner_loops=100)
     restored.load_state_dict(cb.state_dict())
     restored.on_train_batch_start(SimpleNamespace(global_step=25), Module(), None, 0)
     assert refreshed == [0, 10, 20]  # resumed between events: the selection comes from the checkpoint
-    fresh = ClusteringCallback(interval=10)
+    fresh = ClusteringCallback(interval=10, inner_loops=100)
     fresh.on_train_batch_start(SimpleNamespace(global_step=13), Module(), None, 0)
     assert refreshed[-1] == 13  # no state restored: refresh at once rather than match against nothing
+
+
+def test_clustering_events_restart_with_every_outer_iteration():
+    refreshed = []
+
+    class Module:
+        def refresh_selection(self, step):
+            refreshed.append(step)
+            return {}
+
+        def log_dict(self, metrics, **kwargs):
+            pass
+
+    cb = ClusteringCallback(interval=3, inner_loops=5)  # I_int does not divide the outer iteration
+    for step in range(15):
+        cb.on_train_batch_start(SimpleNamespace(global_step=step), Module(), None, step)
+    # inner steps 0 and 3 of each outer iteration: a new network's first match never uses the old selection
+    assert refreshed == [0, 3, 5, 8, 10, 13]
+
+
+def test_features_can_be_raw_pixels_as_the_authors_embed_them(real, net):
+    idx = torch.arange(20)
+    pixels = embed_class(net, real, 4, indices=idx, inputs="pixels")
+    with torch.no_grad():
+        expected = net.eval().embed(real.to_pixels(real.images[real.class_slice(4)][idx]))
+    torch.testing.assert_close(pixels, expected)
+    assert not torch.allclose(pixels, embed_class(net, real, 4, indices=idx))  # normalised inputs differ
+    sampler = RepresentativeSampler(n_clusters=8, backend="torch", features="pixels", embed_subset=60)
+    stats = sampler.refresh(net, real, seed=0)
+    assert all(len(s.unique()) == 8 for s in sampler.selection)
+    assert stats["lloyd_iterations"] >= 1
+    assert stats["centroid_dist_selected"] > 0
+    assert stats["centroid_dist_class"] > 0
+    with pytest.raises(ValueError, match="'raw'"):
+        RepresentativeSampler(n_clusters=8, features="raw")

@@ -137,6 +137,16 @@ def test_tile_then_decode_returns_each_cells_image(f, n, size):
         torch.testing.assert_close(img, colours[j].view(3, 1, 1).expand_as(img))
 
 
+def test_tile_then_decode_is_the_low_resolution_round_trip_of_real_images():
+    # IDC's init pipeline: each image shrunk (nearest) into its cell, decoded (bilinear) back to full size
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(8, 1, 28, 28, generator=g)
+    expected = F.interpolate(
+        F.interpolate(real, size=(14, 14), mode="nearest"), size=(28, 28), mode="bilinear"
+    )
+    torch.testing.assert_close(decode(tile(real, 2), 2), expected, rtol=0, atol=1e-6)
+
+
 def test_tile_cell_contents_and_uneven_grid():
     real, colours = constant_images(9 * 2, 32)
     stored = tile(real, 3)

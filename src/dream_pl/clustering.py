@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BACKENDS = ("auto", "faiss", "torch")
-INITS = ("k-means++", "random")
+INITS = ("random", "kmeans++")
 CHUNK_ELEMENTS = 1 << 24  # bound on the [C, rows, K] distance block held at once
 
 # faiss logs, at INFO, each SIMD build it fails to load before the one it uses: alarming and not actionable
@@ -92,7 +92,7 @@ def _cluster_means(x: Tensor, assign: Tensor, mask: Tensor, k: int) -> Tensor:
 
 
 def _init_indices(x: Tensor, mask: Tensor, k: int, seeds: list[int], init: str) -> Tensor:
-    """Pick k distinct row indices per class: uniform ("random") or D²-weighted ("k-means++").
+    """Pick k distinct row indices per class: uniform ("random") or D²-weighted ("kmeans++").
 
     Each class draws only from its own ``torch.Generator(seed)`` on the CPU, so a class gets the
     same indices alone or inside a batch and on any device.
@@ -206,13 +206,15 @@ def kmeans(
     max_iter: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
-    init: str = "k-means++",
+    init: str = "random",
 ) -> KMeansResult:
     """K-means of x: [M, D] into k clusters, deterministic for a given seed and backend.
 
-    Init is k-means++ (k distinct rows, D²-weighted, from ``torch.Generator(seed)``) or
-    ``"random"`` (k distinct uniform rows, as in the reference). "auto" picks faiss when it is
-    importable and x is on the CPU or faiss has GPUs, else the torch loop on x's device.
+    Init is ``"random"`` (k distinct uniform rows, the authors' choice and the default) or
+    ``"kmeans++"`` (k distinct rows, D²-weighted), both from ``torch.Generator(seed)``. k-means++ spreads
+    the centres towards the periphery, so the points nearest them are outliers: as a selection rule for
+    representative images it picks the least representative ones (docs/design.md). "auto" picks faiss
+    when it is importable and x is on the CPU or faiss has GPUs, else the torch loop on x's device.
     """
     _check("init", init, INITS)
     if k > x.shape[0]:
@@ -232,7 +234,7 @@ def batched_kmeans(
     max_iter: int = 100,
     tol: float = 1e-4,
     seeds: list[int],
-    init: str = "k-means++",
+    init: str = "random",
 ) -> list[KMeansResult]:
     """Torch K-means of every class at once (for GPUs without faiss-gpu).
 
@@ -281,7 +283,8 @@ def select_representatives(
     backend: str = "auto",
     seed: int = 0,
     max_iter: int = 100,
+    init: str = "random",
 ) -> Tensor:
     """Indices [n_clusters * n_per_cluster] of x: [M, D], one block per K-means centre."""
-    result = kmeans(x, n_clusters, backend=backend, seed=seed, max_iter=max_iter)
+    result = kmeans(x, n_clusters, backend=backend, seed=seed, max_iter=max_iter, init=init)
     return nearest_to_centres(x, result.centroids, n_per_cluster).flatten()

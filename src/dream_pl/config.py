@@ -17,7 +17,11 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
+from dream_pl.clustering import BACKENDS, INITS
 from dream_pl.data import DATASETS
+from dream_pl.distill import IMAGE_STEPS, DistillConfig
+from dream_pl.features import FEATURE_INPUTS
+from dream_pl.initializers import RandomRealInit
 from dream_pl.matchers import METRICS
 from dream_pl.models import list_models, model_options
 
@@ -34,7 +38,6 @@ GROUPS = (
     "experiment",
     "debug",
 )
-BACKENDS = ("auto", "faiss", "torch")
 EVALUATION_RUN_KEYS = ("enabled", "models", "baseline", "periodic")  # the block's keys beyond the protocol
 PERIODIC_KEYS = ("epochs", "repeats")
 T = TypeVar("T")
@@ -89,8 +92,6 @@ def _check_target_block(name: str, node: DictConfig, extra: Iterable[str] = ()) 
 
 def check_blocks(cfg: DictConfig) -> None:
     """No block of a train config holds a key nothing reads (``evaluation``: see validate_evaluation)."""
-    from dream_pl.distill import DistillConfig
-
     check_keys(
         "distill", cfg.distill, [f.name for f in fields(DistillConfig) if f.name not in ("ipc", "seed")]
     )
@@ -176,8 +177,15 @@ def validate(cfg: DictConfig) -> None:
     )
     for key in ("match_dsa", "net_dsa"):
         _check_strategy(f"distill.{key}", d[key])
+    _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
     if "metric" in cfg.matcher:
         _check_choice("matcher.metric", cfg.matcher.metric, METRICS)
+    _validate_selection(cfg)
+    validate_evaluation(cfg.evaluation)
+
+
+def _validate_selection(cfg: DictConfig) -> None:
+    """The sampler's and the initialiser's sizes and choices."""
     s = cfg.sampler
     for key in ("n_clusters", "n_per_cluster", "interval", "batch_size", "max_iter"):
         if key in s:
@@ -185,7 +193,12 @@ def validate(cfg: DictConfig) -> None:
     for group in ("sampler", "init"):
         if "backend" in cfg[group]:
             _check_choice(f"{group}.backend", cfg[group].backend, BACKENDS)
-    validate_evaluation(cfg.evaluation)
+        if "kmeans_init" in cfg[group]:
+            _check_choice(f"{group}.kmeans_init", cfg[group].kmeans_init, INITS)
+        if "features" in cfg[group]:
+            _check_choice(f"{group}.features", cfg[group].features, FEATURE_INPUTS)
+    if "order" in cfg.init:
+        _check_choice("init.order", cfg.init.order, RandomRealInit.ORDERS)
 
 
 def validate_evaluation(ev: DictConfig) -> None:

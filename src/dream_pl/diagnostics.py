@@ -66,6 +66,30 @@ def per_sample_grad_norms(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
 
 
+def conv_gradient(net: nn.Module, x: Tensor, y: Tensor, chunk: int = 256) -> Tensor:
+    """Mean cross-entropy gradient of the conv weights on (x, y), flattened: what gradient matching compares.
+
+    Computed in chunks (weighted by their size), so a whole class fits in memory; the network's own
+    ``.grad`` fields are untouched.
+    """
+    params = [p for p in net.parameters() if p.dim() == 4]
+    total = [torch.zeros_like(p) for p in params]
+    for xs, ys in zip(x.split(chunk), y.split(chunk), strict=True):
+        loss = F.cross_entropy(net(xs), ys, reduction="sum")
+        for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+            acc += g
+    return torch.cat([g.flatten() for g in total]) / len(y)
+
+
+def gradient_distance(a: Tensor, b: Tensor) -> Tensor:
+    """L1 distance between two flattened gradients (IDC's ``l1`` matching distance).
+
+    >>> gradient_distance(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.0]))
+    tensor(3.5000)
+    """
+    return (a - b).abs().sum()
+
+
 def selection_diagnostics(
     net: nn.Module,
     real: RealSet,
@@ -77,13 +101,15 @@ def selection_diagnostics(
 ) -> dict[str, Tensor]:
     """The sampler's batch vs a random batch of the same size, for the first ``max_classes`` classes.
 
-    ``mmd_*``: [classes] RBF MMD^2 of each batch to ``reference`` random images of the class standing for
-    the whole class, in the network's feature space (Fig. 2c). ``gn_*``: per-sample gradient norms of
-    every image of the batches (Fig. 1a, Fig. 3). The network is evaluated in eval mode and left as found.
+    Per class, ``reference`` random images of the class stand for the whole class. ``mmd_*``: [classes]
+    RBF MMD^2 of each batch to the reference in the network's feature space (Fig. 2c). ``graddist_*``:
+    [classes] L1 distance of each batch's conv-weight gradient to the reference's (what a representative
+    batch should be close to; Fig. 3), and ``graddist_ratio`` selected / random (< 1: the selection is more
+    representative than chance). ``gn_*``: per-sample gradient norms of every image of the batches
+    (Fig. 1a). The network is evaluated in eval mode and left as found.
     """
-    stats: dict[str, list[Tensor]] = {
-        k: [] for k in ("mmd_selected", "mmd_random", "gn_selected", "gn_random")
-    }
+    keys = ("mmd_selected", "mmd_random", "graddist_selected", "graddist_random", "gn_selected", "gn_random")
+    stats: dict[str, list[Tensor]] = {k: [] for k in keys}
     was_training = net.training
     net.eval()
     device = real.images.device
@@ -96,8 +122,14 @@ def selection_diagnostics(
         sigma = median_bandwidth(f_ref)
         stats["mmd_selected"].append(mmd2_rbf(f_sel, f_ref, sigma))
         stats["mmd_random"].append(mmd2_rbf(f_rnd, f_ref, sigma))
+        x_sel, x_rnd = real.class_images(c, selected), real.class_images(c, random)
         y = torch.full((len(selected),), c, device=device)
-        stats["gn_selected"].append(per_sample_grad_norms(net, real.class_images(c, selected), y))
-        stats["gn_random"].append(per_sample_grad_norms(net, real.class_images(c, random), y))
+        g_ref = conv_gradient(net, real.class_images(c, ref), torch.full((len(ref),), c, device=device))
+        stats["graddist_selected"].append(gradient_distance(conv_gradient(net, x_sel, y), g_ref))
+        stats["graddist_random"].append(gradient_distance(conv_gradient(net, x_rnd, y), g_ref))
+        stats["gn_selected"].append(per_sample_grad_norms(net, x_sel, y))
+        stats["gn_random"].append(per_sample_grad_norms(net, x_rnd, y))
     net.train(was_training)
-    return {k: torch.stack(v) if k.startswith("mmd") else torch.cat(v) for k, v in stats.items()}
+    out = {k: torch.cat(v) if k.startswith("gn") else torch.stack(v) for k, v in stats.items()}
+    out["graddist_ratio"] = out["graddist_selected"] / out["graddist_random"]
+    return out

@@ -56,7 +56,11 @@ class DistillConfig:
     match_dsa: str
     net_dsa: str
     net_cutmix_p: float
+    image_step: str
     save_every: int
+
+
+IMAGE_STEPS = ("joint", "per_class")
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
@@ -168,7 +172,10 @@ class DistillModule(pl.LightningModule):
         1. At the start of an outer iteration, clamp the stored images to [0, 1] (IDC).
         2. Per class, the matching loss against the sampler's real batch under one shared DSA draw,
            back-propagated into the images only.
-        3. One image-optimiser step (all classes' gradients together).
+        3. ``image_step=joint``: one image-optimiser step with all classes' gradients. ``per_class``: one
+           step after each class, as the authors' loop does; the optimiser's momentum buffer then also
+           moves the classes already stepped in this iteration (their gradient is zero, their momentum
+           is not). Either way Lightning's step counter advances once.
         4. Train the matching network on random real batches for ``n_data`` samples.
         5. At the end of an outer iteration, draw the next outer iteration's network.
 
@@ -183,13 +190,20 @@ class DistillModule(pl.LightningModule):
         opt.zero_grad()
         t0 = time.perf_counter()
         losses = []
+        last = self.real.num_classes - 1
         for c in range(self.real.num_classes):
             loss_c = self.match_class(c, g_cpu, g_dev)
             self._backward(loss_c)
             losses.append(loss_c.detach())
+            if self.cfg.image_step == "per_class":
+                self._check_finite(torch.stack(losses), step)
+                # only the wrapped optimiser counts a Lightning step: the last class's step goes through it
+                (opt if c == last else getattr(opt, "optimizer", opt)).step()
+                opt.zero_grad()
         per_class = torch.stack(losses)
-        self._check_finite(per_class, step)
-        opt.step()
+        if self.cfg.image_step == "joint":
+            self._check_finite(per_class, step)
+            opt.step()
         t1 = time.perf_counter()
         net_loss = self.train_net(g_cpu, g_dev)
         t2 = time.perf_counter()
@@ -268,13 +282,13 @@ class DistillModule(pl.LightningModule):
             loss.backward(inputs=[self.synthetic.images])
 
     def _check_finite(self, per_class: Tensor, step: int) -> None:
-        """Stop on a NaN/inf loss before it reaches the images (one host sync per step)."""
+        """Stop on a NaN/inf loss before it reaches the images (one host sync per image step)."""
         finite = torch.isfinite(per_class)
         if not bool(finite.all()):
             c = int((~finite).nonzero()[0])
             raise NonFiniteLossError(
                 f"matching loss is {float(per_class[c])} for class {c} at step {step}; "
-                "the synthetic set was not updated "
+                "no image was stepped with it "
                 "and the last checkpoint is intact. Lower distill.lr_img or check the data."
             )
 

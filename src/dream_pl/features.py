@@ -11,9 +11,17 @@ from torch import Tensor, nn
 
 from dream_pl.data import RealSet
 
+FEATURE_INPUTS = ("normalized", "pixels")
+
 
 def embed_class(
-    net: nn.Module, real: RealSet, c: int, *, indices: Tensor | None = None, chunk: int = 512
+    net: nn.Module,
+    real: RealSet,
+    c: int,
+    *,
+    indices: Tensor | None = None,
+    chunk: int = 512,
+    inputs: str = "normalized",
 ) -> Tensor:
     """Penultimate features ``net.embed`` of class ``c``'s real images: [M, D] float32.
 
@@ -24,7 +32,11 @@ def embed_class(
         c: the class.
         indices: within-class indices to embed (default: the whole class).
         chunk: images per forward pass.
+        inputs: ``normalized`` (what the matching sees) or ``pixels`` (raw [0, 1] pixels, as the
+            authors' clustering embeds them).
     """
+    if inputs not in FEATURE_INPUTS:
+        raise ValueError(f"unknown feature inputs {inputs!r}; allowed: {', '.join(FEATURE_INPUTS)}")
     idx = torch.arange(real.class_sizes[c], device=real.images.device) if indices is None else indices
     was_training = net.training
     net.eval()
@@ -32,7 +44,8 @@ def embed_class(
     out = []
     with torch.inference_mode():
         for part in idx.split(chunk):
-            x = real.class_images(c, part)
+            block = real.images[real.class_slice(c)][part]
+            x = real.normalize(block) if inputs == "normalized" else real.to_pixels(block)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out.append(net.embed(x).float())

@@ -55,7 +55,7 @@ def distill_callbacks(cfg: DictConfig, out: Path, data: RealData) -> list[pl.Cal
         SyntheticExport(out, every, config=plain_config(cfg)),
     ]
     if sampler_selects(cfg.sampler):
-        callbacks.append(ClusteringCallback(cfg.sampler.interval))
+        callbacks.append(ClusteringCallback(cfg.sampler.interval, cfg.distill.inner_loops))
     if cfg.diagnostics_every:
         callbacks.append(DiagnosticsCallback(cfg.diagnostics_every))
     if cfg.eval_every:

@@ -2,7 +2,8 @@
 
 Every ``every_n_steps`` steps, for up to ``max_classes`` classes, it compares the sampler's matching
 batch with a random batch of the same size: the MMD of each to the whole class in the matching network's
-feature space (Fig. 2c) and the per-sample gradient norms (Fig. 1a, Fig. 3).
+feature space (Fig. 2c), the L1 distance of each batch's conv-weight gradient to the class's, and the
+per-sample gradient norms (Fig. 1a, Fig. 3).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 
 
 class DiagnosticsCallback(pl.Callback):
-    """Logs ``distill/diag/{mmd,gradnorm}_{selected,random}`` (and gradient-norm histograms where supported).
+    """Logs ``distill/diag/{mmd,graddist,gradnorm}_{selected,random}`` and ``graddist_ratio``.
+
+    Gradient-norm histograms go to TensorBoard and W&B where they are the logger.
 
     Args:
         every_n_steps: steps between diagnostics (align with the clustering interval to see each event).

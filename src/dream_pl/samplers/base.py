@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dream_pl.data import RealSet
-from dream_pl.features import embed_class
+from dream_pl.features import FEATURE_INPUTS, embed_class
 from dream_pl.seeding import derive, generator
 
 
@@ -52,18 +52,27 @@ class SelectionSampler(Sampler):
     """A sampler holding a fixed selection per class between refreshes.
 
     Subclasses implement :meth:`select` on one class's features; embedding (optionally of a random
-    subset of each class) and bookkeeping live here.
+    subset of each class), bookkeeping and the selection-quality statistics live here.
+
+    Args:
+        embed_subset: embed only a seeded random subset of this many images per class (speed option).
+        embed_chunk: images per embedding forward pass.
+        features: what the network embeds, ``normalized`` images (as matched) or raw ``pixels``.
     """
 
     selects = True
 
-    def __init__(self, *, embed_subset: int | None = None, embed_chunk: int = 512) -> None:
-        self.embed_subset, self.embed_chunk = embed_subset, embed_chunk
+    def __init__(
+        self, *, embed_subset: int | None = None, embed_chunk: int = 512, features: str = "normalized"
+    ) -> None:
+        if features not in FEATURE_INPUTS:
+            raise ValueError(f"unknown features {features!r}; allowed: {', '.join(FEATURE_INPUTS)}")
+        self.embed_subset, self.embed_chunk, self.features = embed_subset, embed_chunk, features
         self.selection: list[Tensor] = []
 
     @abstractmethod
-    def select(self, features: Tensor, *, seed: int) -> Tensor:
-        """Indices (into ``features``' rows) of the matching batch."""
+    def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
+        """Indices (into ``features``' rows) of the matching batch, and per-class statistics to log."""
 
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """The class's current selection (a fixed batch until the next refresh)."""
@@ -80,16 +89,22 @@ class SelectionSampler(Sampler):
         g = generator(seed, "embed_subset", c)
         return torch.randperm(size, generator=g)[: self.embed_subset].to(real.images.device)
 
+    def embed(self, net: nn.Module, real: RealSet, c: int, candidates: Tensor | None) -> Tensor:
+        """Features of class ``c``'s candidates (all its images when ``candidates`` is None)."""
+        return embed_class(net, real, c, indices=candidates, chunk=self.embed_chunk, inputs=self.features)
+
     def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
-        """Embed every class and select its batch."""
-        selection = []
+        """Embed every class, select its batch; returns the classes' mean selection statistics."""
+        selection, stats = [], []
         for c in range(real.num_classes):
             cand = self.candidates(real, c, seed)
-            features = embed_class(net, real, c, indices=cand, chunk=self.embed_chunk)
-            chosen = self.select(features, seed=derive(seed, "select", c)).to(real.images.device)
+            features = self.embed(net, real, c, cand)
+            chosen, extra = self.select(features, seed=derive(seed, "select", c))
+            stats.append(extra | selection_quality(features, chosen))
+            chosen = chosen.to(real.images.device)
             selection.append(chosen if cand is None else cand[chosen])
         self.selection = selection
-        return {}
+        return mean_stats(stats)
 
     def state_dict(self) -> dict[str, Any]:
         """The current per-class selection."""
@@ -102,3 +117,25 @@ class SelectionSampler(Sampler):
     def to(self, device: torch.device) -> None:
         """Move the selection to ``device``."""
         self.selection = [s.to(device) for s in self.selection]
+
+
+def selection_quality(features: Tensor, chosen: Tensor) -> dict[str, float]:
+    """How central a class's selection is in feature space (cheap: the features are at hand).
+
+    ``centroid_dist_selected``: mean Euclidean distance of the selected rows to the class centroid;
+    ``centroid_dist_class``: the same over all rows; ``centroid_dist_ratio``: their ratio, < 1 when the
+    selection is more central than the class on average (a uniform random batch has ~1).
+    """
+    dist = (features - features.mean(0)).norm(dim=1)
+    selected, whole = float(dist[chosen].mean()), float(dist.mean())
+    return {
+        "centroid_dist_selected": selected,
+        "centroid_dist_class": whole,
+        "centroid_dist_ratio": selected / whole if whole > 0 else 1.0,
+    }
+
+
+def mean_stats(per_class: list[dict[str, float]]) -> dict[str, float]:
+    """Each statistic averaged over the classes that report it."""
+    keys = dict.fromkeys(k for stats in per_class for k in stats)
+    return {k: sum(s[k] for s in per_class if k in s) / sum(k in s for s in per_class) for k in keys}

@@ -11,8 +11,14 @@ from dream_pl.samplers.base import SelectionSampler
 class _CoresetSampler(SelectionSampler):
     """A fixed-size selection per class, recomputed at every refresh; subclasses pick the rule."""
 
-    def __init__(self, batch_size: int, embed_subset: int | None = None, embed_chunk: int = 512) -> None:
-        super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk)
+    def __init__(
+        self,
+        batch_size: int,
+        embed_subset: int | None = None,
+        embed_chunk: int = 512,
+        features: str = "normalized",
+    ) -> None:
+        super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk, features=features)
         self._batch_size = batch_size
 
     def batch_size(self) -> int:
@@ -23,15 +29,15 @@ class _CoresetSampler(SelectionSampler):
 class HerdingSampler(_CoresetSampler):
     """Match against the class's herding selection of ``batch_size`` images."""
 
-    def select(self, features: Tensor, *, seed: int) -> Tensor:
+    def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """Herding on the class's features."""
         del seed
-        return herding(features, self._batch_size)
+        return herding(features, self._batch_size), {}
 
 
 class KCenterSampler(_CoresetSampler):
     """Match against the class's greedy k-center selection of ``batch_size`` images."""
 
-    def select(self, features: Tensor, *, seed: int) -> Tensor:
+    def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """Greedy k-center on the class's features."""
-        return kcenter(features, self._batch_size, seed=seed)
+        return kcenter(features, self._batch_size, seed=seed), {}

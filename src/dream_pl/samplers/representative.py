@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dream_pl.clustering import batched_kmeans, nearest_to_centres, resolve_backend, select_representatives
+from dream_pl.clustering import INITS, batched_kmeans, kmeans, nearest_to_centres, resolve_backend
 from dream_pl.data import RealSet
-from dream_pl.features import embed_class
-from dream_pl.samplers.base import SelectionSampler
+from dream_pl.samplers.base import SelectionSampler, mean_stats, selection_quality
 from dream_pl.seeding import derive
 
 BATCH_ELEMENTS = 2**28  # padded features clustered together: 1 GiB of float32 per class group
@@ -22,8 +21,10 @@ class RepresentativeSampler(SelectionSampler):
         n_per_cluster: n, images taken nearest each centre.
         backend: K-means backend (``auto``, ``faiss``, ``torch``).
         max_iter: Lloyd iterations.
+        kmeans_init: ``random`` (uniform random data points, the authors' choice) or ``kmeans++``.
         embed_subset: embed only a random subset of this many images per class (speed option).
         embed_chunk: images per embedding forward pass.
+        features: what the network embeds, ``normalized`` images or raw ``pixels`` (the authors').
     """
 
     def __init__(
@@ -32,31 +33,37 @@ class RepresentativeSampler(SelectionSampler):
         n_per_cluster: int = 1,
         backend: str = "auto",
         max_iter: int = 100,
+        kmeans_init: str = "random",
         embed_subset: int | None = None,
         embed_chunk: int = 512,
+        features: str = "normalized",
     ) -> None:
-        super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk)
+        super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk, features=features)
         if n_clusters < 1 or n_per_cluster < 1:
             raise ValueError(
                 f"sampler.n_clusters={n_clusters} and n_per_cluster={n_per_cluster} must be >= 1"
             )
+        if kmeans_init not in INITS:
+            raise ValueError(f"sampler.kmeans_init={kmeans_init!r} is not one of {', '.join(INITS)}")
         self.n_clusters, self.n_per_cluster = n_clusters, n_per_cluster
-        self.backend, self.max_iter = backend, max_iter
+        self.backend, self.max_iter, self.kmeans_init = backend, max_iter, kmeans_init
 
     def batch_size(self) -> int:
         """N x n."""
         return self.n_clusters * self.n_per_cluster
 
-    def select(self, features: Tensor, *, seed: int) -> Tensor:
+    def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """K-means with N centres, then the n nearest images of each centre."""
-        return select_representatives(
+        result = kmeans(
             features,
             self.n_clusters,
-            self.n_per_cluster,
             backend=self.backend,
             seed=seed,
             max_iter=self.max_iter,
+            init=self.kmeans_init,
         )
+        chosen = nearest_to_centres(features, result.centroids, self.n_per_cluster).flatten()
+        return chosen, {"lloyd_iterations": float(result.iterations)}
 
     def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
         """Per-class faiss K-means, or the torch backend on all classes at once (grouped to bound memory)."""
@@ -64,10 +71,9 @@ class RepresentativeSampler(SelectionSampler):
         if resolve_backend(self.backend, probe) == "faiss":
             return super().refresh(net, real, seed=seed)
         cands = [self.candidates(real, c, seed) for c in range(real.num_classes)]
-        feats = [
-            embed_class(net, real, c, indices=cand, chunk=self.embed_chunk) for c, cand in enumerate(cands)
-        ]
+        feats = [self.embed(net, real, c, cand) for c, cand in enumerate(cands)]
         selection: list[Tensor] = []
+        stats: list[dict[str, float]] = []
         for group in _class_groups([f.shape for f in feats]):
             results = batched_kmeans(
                 _pad([feats[c] for c in group]),
@@ -75,12 +81,16 @@ class RepresentativeSampler(SelectionSampler):
                 mask=_mask([len(feats[c]) for c in group], probe.device),
                 max_iter=self.max_iter,
                 seeds=[derive(seed, "select", c) for c in group],
+                init=self.kmeans_init,
             )
             for c, result in zip(group, results, strict=True):
                 chosen = nearest_to_centres(feats[c], result.centroids, self.n_per_cluster).flatten()
+                stats.append(
+                    {"lloyd_iterations": float(result.iterations)} | selection_quality(feats[c], chosen)
+                )
                 selection.append(chosen if cands[c] is None else cands[c][chosen])
         self.selection = selection
-        return {}
+        return mean_stats(stats)
 
 
 def _class_groups(shapes: list[torch.Size]) -> list[list[int]]:
