@@ -39,11 +39,11 @@ format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff format src tests benchmarks experiments
 	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
 
-bench: install  ## CPU benchmark presets, ~70 minutes on 2 cores (not run in CI); figures go to docs/benchmarks.md
+bench: install  ## CPU benchmark presets, ~75 minutes on 2 cores (not run in CI); figures go to docs/benchmarks.md
 	$(PY) benchmarks/evaluator.py --epochs 5
 	$(PY) benchmarks/clustering.py
 	$(PY) benchmarks/step.py --steps 3
-	$(PY) benchmarks/efficiency.py --preset efficiency_cpu --out docs/efficiency
+	$(PY) benchmarks/efficiency.py --preset efficiency_cpu --ipcs 1 --out docs/components diagnostics_every=10
 
 clean:  ## remove build and run outputs (keeps .venv)
 	rm -rf build *.egg-info src/*.egg-info logs .pytest_cache
