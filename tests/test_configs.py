@@ -309,6 +309,7 @@ def test_recipe_sets_the_augmentation_per_dataset(compose_train):
         ("sampler.kmeans_init=k-means++", ["'k-means++'", "random", "kmeans++"]),
         ("init.features=raw", ["init.features", "'raw'", "normalized", "pixels"]),
         ("distill.image_step=each", ["'each'", "joint", "per_class"]),
+        ("distill.image_step=per_class trainer.precision=16-mixed", ["per_class", "16-mixed", "32-true"]),
         ("distill.match_dsa=color_bogus", ["color_bogus", "'bogus'", "crop", "cutout", "flip", "rotate"]),
         ("evaluation.models=[nope]", ["'nope'", *MODEL_NAMES]),
         ("evaluation.repeats=0", ["evaluation.repeats=0", ">= 1"]),
@@ -318,7 +319,7 @@ def test_recipe_sets_the_augmentation_per_dataset(compose_train):
 )
 def test_validate_names_the_bad_value_and_the_allowed_ones(compose_train, override, names):
     with pytest.raises(ConfigError) as err:
-        validate(with_values(compose_train([]), override))
+        validate(with_values(compose_train([]), *override.split()))
     message = str(err.value)
     assert "\n" not in message
     for name in names:
@@ -344,7 +345,7 @@ def test_validate_names_the_bad_value_and_the_allowed_ones(compose_train, overri
 )
 def test_validate_rejects_values_of_the_wrong_type(compose_train, override, names):
     with pytest.raises(ConfigError) as err:
-        validate(with_values(compose_train([]), override))
+        validate(with_values(compose_train([]), *override.split()))
     for name in names:
         assert name in str(err.value)
 

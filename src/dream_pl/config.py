@@ -178,6 +178,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("match_dsa", "net_dsa"):
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    _require(
+        d.image_step == "joint" or "16" not in precision or "bf16" in precision,
+        f"distill.image_step=per_class steps the optimiser outside Lightning's loss scaler, so it needs "
+        f"trainer.precision 32-true or bf16-mixed, not {precision!r}",
+    )
     if "metric" in cfg.matcher:
         _check_choice("matcher.metric", cfg.matcher.metric, METRICS)
     _validate_selection(cfg)
