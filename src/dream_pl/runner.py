@@ -18,9 +18,10 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from dream_pl.config import ConfigError
 from dream_pl.data import DatasetNotFoundError
 from dream_pl.evaluation.sets import SetMismatchError
+from dream_pl.runlock import RunLockedError
 
 T = TypeVar("T")
-USER_ERRORS = (ConfigError, DatasetNotFoundError, FileNotFoundError, SetMismatchError)
+USER_ERRORS = (ConfigError, DatasetNotFoundError, FileNotFoundError, SetMismatchError, RunLockedError)
 
 
 def report_user_errors(fn: Callable[[], T]) -> T:

@@ -21,6 +21,7 @@ from dream_pl.evaluation.sets import DISTILLED, INITIALISATION, baseline_label, 
 from dream_pl.evaluation.suite import evaluate_sets, network_for, protocol_from, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
 from dream_pl.quiet import quiet_lightning
+from dream_pl.runlock import RunLock
 from dream_pl.runner import close_wandb, make_loggers, output_dir, plain_config, report_user_errors
 from dream_pl.samplers import Sampler
 
@@ -120,15 +121,20 @@ def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealDa
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Distil, then (unless ``evaluation.enabled=false``) evaluate; returns the run's metrics."""
-    module, trainer, out, data = distill(cfg)
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.evaluation.enabled:
-        scores = evaluate_run(cfg, module, out, data)
-        for logger in trainer.loggers:
-            logger.log_metrics(scores, step=trainer.global_step)
-            logger.save()
-        metrics.update(scores)
+    """Distil, then (unless ``evaluation.enabled=false``) evaluate; returns the run's metrics.
+
+    The run folder is locked for the whole run: a second run on the same ``out_dir`` refuses at once.
+    """
+    validate(cfg)
+    with RunLock(output_dir(cfg)):
+        module, trainer, out, data = distill(cfg)
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.evaluation.enabled:
+            scores = evaluate_run(cfg, module, out, data)
+            for logger in trainer.loggers:
+                logger.log_metrics(scores, step=trainer.global_step)
+                logger.save()
+            metrics.update(scores)
     metrics["synthetic_path"] = str(out / "synthetic.pt")
     log.info("run directory: %s", out)
     return metrics

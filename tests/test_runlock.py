@@ -1,0 +1,54 @@
+"""One run per run folder: the lock refuses a live holder, takes over a dead one, and names who holds it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dream_pl.runlock import LOCK_NAME, RunLock, RunLockedError
+
+
+def test_second_holder_is_refused_with_one_line_naming_the_first(tmp_path):
+    with RunLock(tmp_path):
+        held = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert (held["host"], held["pid"]) == (socket.gethostname(), os.getpid())
+        with pytest.raises(RunLockedError) as err:
+            RunLock(tmp_path).acquire()
+        message = str(err.value)
+        assert "\n" not in message
+        assert f"pid {os.getpid()}" in message
+        assert str(tmp_path) in message
+        assert "another out_dir" in message
+    assert not (tmp_path / LOCK_NAME).exists()  # released
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "2026-01-01 00:00:00"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+    with caplog.at_level("WARNING"), RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert "stale lock" in caplog.text
+
+
+def test_lock_of_a_live_process_on_another_host_is_respected(tmp_path):
+    other = {"host": "elsewhere", "pid": 1, "started": "2026-01-01 00:00:00"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(other))
+    with pytest.raises(RunLockedError, match="pid 1 on elsewhere"):
+        RunLock(tmp_path).acquire()
+    RunLock(tmp_path).release()  # not ours: left alone
+    assert (tmp_path / LOCK_NAME).is_file()
+
+
+def test_train_refuses_a_folder_another_run_holds(tmp_path, tiny_cfg):
+    from dream_pl.train import train
+
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "t0"}))
+    with pytest.raises(RunLockedError):
+        train(tiny_cfg(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing was written
