@@ -17,7 +17,6 @@ Run: python benchmarks/efficiency.py [--preset efficiency_cpu] [--ipcs 1] [--see
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from dream_pl.report import read_job, summarize
+from dream_pl.report import read_job, read_metrics, summarize
 
 BASELINE = "idc"
 # (representative matching, clustering init) of each cell, as in the paper's Table 3
@@ -82,11 +81,7 @@ SELECTION_KEYS = {  # logged quantity -> report column
 
 def selection_series(job_dir: Path, key: str) -> dict[int, float]:
     """step -> value of a logged selection statistic (diagnostics / clustering events) of one job."""
-    path = job_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return {}
-    with path.open() as f:
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+    return {int(r["step"]): float(r[key]) for r in read_metrics(job_dir) if r.get(key)}
 
 
 def selection_rows(runs: dict[tuple[str, str], list[dict]], root: Path) -> list[str]:

@@ -192,3 +192,18 @@ def test_one_inner_step_of_each_image_step_by_hand(tmp_path, tiny_cfg, mode):
         torch.testing.assert_close(shift[9], lr * grads[9][9])
     module.distill_step(0)
     torch.testing.assert_close(module.synthetic.images.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_resumed_run_keeps_every_attempts_metrics(tmp_path, tiny_cfg):
+    """Lightning's CSV logger would delete metrics.csv on resume; the run folder keeps all attempts."""
+    from dream_pl.report import read_curve, read_metrics
+
+    csv_dir = tmp_path / "csv"
+    extra = ("logger=csv", "trainer.log_every_n_steps=1", "eval_every=1", "evaluation.periodic.epochs=1")
+    distill(tiny_cfg(tmp_path, "iterations=1", *extra))
+    first = (csv_dir / "metrics.csv").read_text()
+    distill(tiny_cfg(tmp_path, "iterations=2", *extra))  # same out_dir: resumes from last.ckpt
+    assert (csv_dir / "metrics.1.csv").read_text() == first  # the first attempt, untouched
+    steps = sorted({int(r["step"]) for r in read_metrics(tmp_path) if r.get("distill/loss")})
+    assert steps == [0, 1, 2, 3]  # steps 0-1 from the first attempt, 2-3 from the resumed one
+    assert [it for it, _ in read_curve(read_metrics(tmp_path))] == [0.0, 1.0, 2.0]

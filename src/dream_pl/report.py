@@ -1,8 +1,8 @@
 """Sweep report: ``python -m dream_pl.report <multirun dir>`` -> report.md, a heat map and curves.
 
 Reads every job of a Hydra multirun (its ``.hydra/overrides.yaml``, ``eval.json`` and, when periodic
-evaluation was on, ``csv/metrics.csv``), groups jobs by their swept values except the seed, and reports
-the distilled set's final accuracy as mean ± std over seeds.
+evaluation was on, the ``csv/metrics*.csv`` of every attempt), groups jobs by their swept values except the
+seed, and reports the distilled set's final accuracy as mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -35,18 +35,31 @@ def read_job(job: Path) -> dict[str, Any] | None:
         "job": job.name,
         "overrides": overrides,
         "acc": acc,
-        "curve": read_curve(job / "csv" / "metrics.csv"),
+        "curve": read_curve(read_metrics(job)),
     }
 
 
-def read_curve(path: Path) -> list[tuple[float, float]]:
-    """(outer iteration, accuracy) pairs logged by periodic evaluation, if any."""
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    key = next((k for k in (rows[0] if rows else {}) if k.startswith("eval/") and k.endswith("/acc")), None)
-    return [(float(r["iteration"]), float(r[key])) for r in rows if key and r.get(key) and r.get("iteration")]
+def read_metrics(job: Path) -> list[dict[str, str]]:
+    """Every row a run logged to CSV, all attempts in order.
+
+    ``metrics.1.csv``, ``metrics.2.csv``, ... are the earlier attempts of a resumed run (kept by
+    ``runner.keep_metrics_history``); ``metrics.csv`` is the latest.
+    """
+    folder = job / "csv"
+    earlier = sorted(folder.glob("metrics.*.csv"), key=lambda p: int(p.suffixes[0][1:]))
+    rows: list[dict[str, str]] = []
+    for path in [*earlier, folder / "metrics.csv"]:
+        if path.is_file():
+            with path.open() as f:
+                rows += list(csv.DictReader(f))
+    return rows
+
+
+def read_curve(rows: list[dict[str, str]]) -> list[tuple[float, float]]:
+    """(outer iteration, accuracy) pairs of periodic evaluation, if any; a later attempt's point wins."""
+    key = next((k for r in rows for k in r if k.startswith("eval/") and k.endswith("/acc")), None)
+    points = {float(r["iteration"]): float(r[key]) for r in rows if key and r.get(key) and r.get("iteration")}
+    return sorted(points.items())
 
 
 def summarize(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from dream_pl.config import ConfigError
 from dream_pl.data import DatasetNotFoundError
@@ -21,6 +23,7 @@ from dream_pl.evaluation.sets import SetMismatchError
 from dream_pl.runlock import RunLockedError
 
 T = TypeVar("T")
+log = logging.getLogger("dream_pl.runner")
 USER_ERRORS = (ConfigError, DatasetNotFoundError, FileNotFoundError, SetMismatchError, RunLockedError)
 
 
@@ -90,10 +93,34 @@ def make_loggers(cfg: DictConfig, save_dir: Path, job_type: str) -> list[Logger]
             extra |= {"job_type": job_type, "group": sweep_group(cfg), "offline": wandb_offline()}
         loggers.append(instantiate(node, **extra))
     for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            kept = keep_metrics_history(Path(logger.log_dir))
+            if kept is not None:
+                log.info("previous attempt's metrics kept as %s", kept)
+            with warnings.catch_warnings():  # "previous log files will be deleted": moot, they were moved
+                warnings.filterwarnings(
+                    "ignore", message=r"Experiment logs directory .* exists and is not empty"
+                )
+                _ = logger.experiment  # the CSV writer, created now
         logger.log_hyperparams({**plain_config(cfg), "git_commit": git_commit(), "seed": cfg.seed})
         if isinstance(logger, WandbLogger):
             define_wandb_metrics(logger)
     return loggers
+
+
+def keep_metrics_history(log_dir: Path) -> Path | None:
+    """Move a previous attempt's ``metrics.csv`` to ``metrics.<k>.csv`` (k = 1, 2, ... in attempt order).
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when a run resumes into its folder; the run
+    folder is append-only history instead, and ``report.read_metrics`` reads every attempt.
+    """
+    current = log_dir / "metrics.csv"
+    if not current.is_file():
+        return None
+    k = 1
+    while (log_dir / f"metrics.{k}.csv").exists():
+        k += 1
+    return current.rename(log_dir / f"metrics.{k}.csv")
 
 
 def define_wandb_metrics(logger: WandbLogger) -> None:
