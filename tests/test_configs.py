@@ -310,6 +310,9 @@ def test_recipe_sets_the_augmentation_per_dataset(compose_train):
         ("init.features=raw", ["init.features", "'raw'", "normalized", "pixels"]),
         ("distill.image_step=each", ["'each'", "joint", "per_class"]),
         ("distill.image_step=per_class trainer.precision=16-mixed", ["per_class", "16-mixed", "32-true"]),
+        ("sampler.embed_subset=100", ["sampler.embed_subset=100", ">= 128"]),
+        ("sampler.embed_chunk=0", ["sampler.embed_chunk=0", ">= 1"]),
+        ("evaluation.stacked=maybe", ["evaluation.stacked='maybe'", "true, false or null"]),
         ("distill.match_dsa=color_bogus", ["color_bogus", "'bogus'", "crop", "cutout", "flip", "rotate"]),
         ("evaluation.models=[nope]", ["'nope'", *MODEL_NAMES]),
         ("evaluation.repeats=0", ["evaluation.repeats=0", ">= 1"]),
@@ -407,6 +410,21 @@ def test_the_distill_block_is_the_loop_config(compose_train):
     del cfg.distill["n_data"]
     with pytest.raises(ConfigError, match=r"distill\.n_data is missing"):
         from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed)
+
+
+def test_per_class_image_steps_run_at_any_precision_without_a_loss_scaler(compose_train):
+    for precision in ("32-true", "bf16-mixed", "16-true"):
+        validate(
+            with_values(compose_train([]), "distill.image_step=per_class", f"trainer.precision={precision}")
+        )
+
+
+def test_evaluate_checks_its_model_block(compose_eval):
+    from dream_pl.config import check_model_block
+
+    cfg = with_new_keys(compose_eval(["synthetic=x.pt"]), "model.foo=1")
+    with pytest.raises(ConfigError, match=r"unknown key model\.foo; allowed: .*width"):
+        check_model_block(cfg.model)
 
 
 def test_validate_evaluation_on_the_eval_config(compose_eval):

@@ -82,16 +82,18 @@ def test_conv_gradient_and_its_l1_distance_by_hand():
 def test_default_selection_is_as_representative_as_a_random_batch(fashion, kmeans_init, bound):
     """Real FashionMNIST, an untrained ConvNet-3 (width 32), 1,000 images per class, N = 128, n = 1.
 
-    The default K-means start (uniform random points) selects batches whose conv-weight gradient is no
-    farther from the class's than a random batch's (measured 0.93x); k-means++ starts spread the centres
-    to the periphery and select outliers (measured 1.65x), which this metric must be able to show.
+    The default K-means start (uniform random points) selects batches whose conv-weight gradient is as
+    close to the class's as a random batch's: 1.03x here against one random batch per class (0.93x against
+    another draw; one batch per class is that noisy), bounded at the issue's 1.2x. k-means++ starts spread
+    the centres to the periphery and select outliers (asserted > 1.3x), which the metric must be able to
+    show. Averaged over a run's events the default reads 0.91x (docs/benchmarks.md).
     """
     torch.manual_seed(0)
     net = create_model("convnet", channels=1, num_classes=10, size=28, width=32)
     sampler = RepresentativeSampler(128, backend="torch", kmeans_init=kmeans_init, embed_subset=1000)
     sampler.refresh(net, fashion, seed=0)
     stats = selection_diagnostics(net, fashion, sampler, generator(0, "test"), max_classes=10, reference=1000)
-    ratio = float(stats["graddist_selected"].mean() / stats["graddist_random"].mean())
+    ratio = float(stats["graddist_ratio"].mean())  # as logged: the mean over classes of selected / random
     low, high = bound
     assert low is None or ratio > low, ratio
     assert high is None or ratio <= high, ratio

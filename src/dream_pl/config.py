@@ -90,12 +90,18 @@ def _check_target_block(name: str, node: DictConfig, extra: Iterable[str] = ()) 
         check_keys(name, node, [*options, *extra, "_target_", "_partial_"])
 
 
+def check_model_block(model: DictConfig) -> None:
+    """The ``model`` block (train and evaluate): a known architecture and only its own knobs."""
+    _check_choice("model.name", model.name, list_models())
+    check_keys("model", model, [*model_options(model.name), "name", "_target_", "_partial_"])
+
+
 def check_blocks(cfg: DictConfig) -> None:
     """No block of a train config holds a key nothing reads (``evaluation``: see validate_evaluation)."""
     check_keys(
         "distill", cfg.distill, [f.name for f in fields(DistillConfig) if f.name not in ("ipc", "seed")]
     )
-    check_keys("model", cfg.model, [*model_options(cfg.model.name), "name", "_target_", "_partial_"])
+    check_model_block(cfg.model)
     _check_target_block("matcher", cfg.matcher)
     _check_target_block("init", cfg.init)
     selects = sampler_selects(cfg.sampler)
@@ -157,7 +163,6 @@ def validate(cfg: DictConfig) -> None:
     _require_int("eval_every", cfg.get("eval_every", 0), minimum=0, note=" (0 = off)")
     _require_int("diagnostics_every", cfg.get("diagnostics_every", 0), minimum=0, note=" (0 = off)")
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
-    _check_choice("model.name", cfg.model.name, list_models())
     check_blocks(cfg)
     d = cfg.distill
     for key in (
@@ -180,9 +185,10 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
     precision = str(cfg.trainer.get("precision", "32-true"))
     _require(
-        d.image_step == "joint" or "16" not in precision or "bf16" in precision,
-        f"distill.image_step=per_class steps the optimiser outside Lightning's loss scaler, so it needs "
-        f"trainer.precision 32-true or bf16-mixed, not {precision!r}",
+        d.image_step == "joint" or precision not in ("16-mixed", "16"),
+        f"distill.image_step=per_class steps the optimiser outside Lightning's loss scaler, so it cannot "
+        f"run with trainer.precision={precision!r}; allowed: any precision without a scaler (32-true, "
+        "bf16-mixed, 16-true, ...)",
     )
     if "metric" in cfg.matcher:
         _check_choice("matcher.metric", cfg.matcher.metric, METRICS)
@@ -205,6 +211,21 @@ def _validate_selection(cfg: DictConfig) -> None:
             _check_choice(f"{group}.features", cfg[group].features, FEATURE_INPUTS)
     if "order" in cfg.init:
         _check_choice("init.order", cfg.init.order, RandomRealInit.ORDERS)
+    _validate_embedding(cfg)
+
+
+def _validate_embedding(cfg: DictConfig) -> None:
+    """Embedding chunks, and a subset large enough to select the batch from."""
+    s = cfg.sampler
+    for group in ("sampler", "init"):
+        if "embed_chunk" in cfg[group]:
+            _require_int(f"{group}.embed_chunk", cfg[group].embed_chunk)
+    subset = s.get("embed_subset")
+    if subset is not None:
+        batch = int(s.n_clusters) * int(s.n_per_cluster) if "n_clusters" in s else int(s.batch_size)
+        _require_int(
+            "sampler.embed_subset", subset, minimum=batch, note=" (the batch it selects, or null = all)"
+        )
 
 
 def validate_evaluation(ev: DictConfig) -> None:
@@ -224,6 +245,10 @@ def validate_evaluation(ev: DictConfig) -> None:
         check_keys("evaluation.periodic", ev.periodic, PERIODIC_KEYS)
         for key in PERIODIC_KEYS:
             _require_int(f"evaluation.periodic.{key}", ev.periodic[key])
+    _require(
+        ev.stacked is None or isinstance(ev.stacked, bool),
+        f"evaluation.stacked={ev.stacked!r} must be true, false or null (null: stacked on a GPU if possible)",
+    )
     _check_strategy("evaluation.dsa", ev.dsa)
     _require(0.0 <= float(ev.cutmix_p) <= 1.0, f"evaluation.cutmix_p={ev.cutmix_p} must be in [0, 1]")
 

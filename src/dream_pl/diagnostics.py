@@ -117,7 +117,8 @@ def selection_diagnostics(
         selected = sampler.indices(real, c, g).to(device)
         random = real.sample_class(c, len(selected), g).to(device)
         ref = real.sample_class(c, min(reference, real.class_sizes[c]), g).to(device)
-        feats = embed_class(net, real, c, indices=torch.cat([ref, selected, random]))
+        inputs = getattr(sampler, "features", "normalized")  # the space the selection was made in
+        feats = embed_class(net, real, c, indices=torch.cat([ref, selected, random]), inputs=inputs)
         f_ref, f_sel, f_rnd = feats.split([len(ref), len(selected), len(random)])
         sigma = median_bandwidth(f_ref)
         stats["mmd_selected"].append(mmd2_rbf(f_sel, f_ref, sigma))

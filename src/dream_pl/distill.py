@@ -116,8 +116,8 @@ class DistillModule(pl.LightningModule):
     # ----------------------------------------------------------------- setup
     def _new_net(self, outer: int) -> None:
         """Draw the matching network of outer iteration ``outer`` (seeded) and its optimiser."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive(self.cfg.seed, "net", outer))
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
+            torch.random.default_generator.manual_seed(derive(self.cfg.seed, "net", outer))
             net = self.net_factory()
         self.net = net.to(self.device)
         self.net_opt = torch.optim.SGD(
@@ -205,7 +205,12 @@ class DistillModule(pl.LightningModule):
             self._check_finite(per_class, step)
             opt.step()
         t1 = time.perf_counter()
-        net_loss = self.train_net(g_cpu, g_dev)
+        # the network's batches come from streams of their own, so which sampler matches (and how many
+        # draws it takes) never changes how the matching network trains
+        net_loss = self.train_net(
+            generator(self.cfg.seed, "step", step, "net_host"),
+            generator(self.cfg.seed, "step", step, "net_device", device=self.device),
+        )
         t2 = time.perf_counter()
         if inner == self.cfg.inner_loops - 1:
             self._new_net(outer + 1)

@@ -14,7 +14,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from dream_pl.config import check_overrides, validate_evaluation
+from dream_pl.config import check_model_block, check_overrides, validate_evaluation
 from dream_pl.data import load_dataset
 from dream_pl.evaluation.sets import BASELINES, DISTILLED, baseline_label, baseline_set, load_set
 from dream_pl.evaluation.suite import evaluate_sets, network_for
@@ -25,6 +25,7 @@ from dream_pl.runner import make_loggers, output_dir, report_user_errors
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Resolve the set(s), evaluate them, write ``eval.json``."""
     validate_evaluation(cfg.evaluation)
+    check_model_block(cfg.model)
     target = str(cfg.synthetic)
     if target not in BASELINES and not Path(target).exists():
         raise FileNotFoundError(

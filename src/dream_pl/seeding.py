@@ -18,7 +18,7 @@ def derive(seed: int, *tags: str | int) -> int:
 
     >>> derive(0, "net", 1) == derive(0, "net", 1)
     True
-    >>> len({derive(0, "step", 1, "cpu"), derive(0, "step", 1, "device"), derive(0, "step", 2, "cpu")})
+    >>> len({derive(0, "step", 1, "host"), derive(0, "step", 1, "device"), derive(0, "step", 2, "host")})
     3
     """
     key = repr((int(seed), *tags)).encode()

@@ -38,8 +38,8 @@ def seeded_nets(factory: Callable[[], nn.Module], seed: int, repeats: int) -> li
     """Network r initialised from the stream (seed, "repeat", r), without touching the global RNG stream."""
     nets = []
     for r in range(repeats):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive(seed, "repeat", r))
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
+            torch.random.default_generator.manual_seed(derive(seed, "repeat", r))
             nets.append(factory())
     return nets
 
