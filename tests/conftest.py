@@ -9,10 +9,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+from torch import Tensor
 
 from dream_pl.config import CONF_DIR
-from dream_pl.evaluation import EvalProtocol
+from dream_pl.data import RealData
+from dream_pl.evaluation import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.evaluation.suite import protocol_from
+from dream_pl.models import network_factory
 
 Composer = Callable[[Sequence[str]], DictConfig]
 
@@ -88,3 +91,27 @@ def tiny_cfg() -> Callable[..., DictConfig]:
 def mnist_protocol() -> EvalProtocol:
     """The shipped evaluation protocol with mnist_5k's recipe (shrink it with ``dataclasses.replace``)."""
     return protocol_from(_compose_once("eval", ("synthetic=x.pt",)).evaluation)
+
+
+@pytest.fixture(scope="session")
+def evaluate_on_test_set() -> Callable[..., EvalResult]:
+    """``evaluate_on_test_set(data, images, labels, protocol, width=16)``: ConvNet-3 runs on the CPU,
+    tested on ``data``'s real test set."""
+
+    def evaluate(data: RealData, images: Tensor, labels: Tensor, protocol: EvalProtocol, width: int = 16):
+        spec = data.spec
+        shape = {"channels": spec.channels, "num_classes": spec.num_classes, "size": spec.size}
+        return evaluate_set(
+            network_factory("convnet", **shape, width=width),
+            images,
+            labels,
+            (data.test_images, data.test_labels),
+            model="convnet",
+            mean=spec.mean,
+            std=spec.std,
+            num_classes=spec.num_classes,
+            protocol=protocol,
+            accelerator="cpu",
+        )
+
+    return evaluate

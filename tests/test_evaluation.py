@@ -12,7 +12,6 @@ from hydra import compose, initialize_config_dir
 from dream_pl.config import CONF_DIR
 from dream_pl.data import load_dataset
 from dream_pl.evaluate import evaluate, expand_model_list
-from dream_pl.evaluation import evaluate_set
 from dream_pl.evaluation.sets import DISTILLED, SetMismatchError, baseline_label, baseline_set, load_set
 from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
 from dream_pl.models import create_model
@@ -31,29 +30,14 @@ def factory(width=16):
 
 
 @pytest.fixture
-def run(mnist, mnist_protocol):
+def run(mnist, mnist_protocol, evaluate_on_test_set):
     """Evaluate (images, labels) with the shipped protocol (mnist_5k's recipe), shortened."""
 
     def evaluate_with(images, labels, *, stacked, epochs=30, repeats=3, cutmix_p=0.0):
         protocol = replace(mnist_protocol, epochs=epochs, repeats=repeats, cutmix_p=cutmix_p, stacked=stacked)
-        return _evaluate(mnist, images, labels, protocol)
+        return evaluate_on_test_set(mnist, images, labels, protocol)
 
     return evaluate_with
-
-
-def _evaluate(mnist, images, labels, protocol):
-    return evaluate_set(
-        factory(),
-        images,
-        labels,
-        (mnist.test_images, mnist.test_labels),
-        model="convnet",
-        mean=mnist.spec.mean,
-        std=mnist.spec.std,
-        num_classes=10,
-        protocol=protocol,
-        accelerator="cpu",
-    )
 
 
 def test_protocol_milestones_and_description(mnist_protocol):

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from dream_pl.data import RealData, RealSet, load_dataset
-from dream_pl.evaluation import evaluate_set
 from dream_pl.evaluation.sets import baseline_set
 from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
-from dream_pl.models import create_model, network_factory
+from dream_pl.models import create_model
 from dream_pl.synthetic import decode, tile
 
 NUM_CLASSES = 10
@@ -136,7 +135,7 @@ def test_first_order_takes_idcs_picks(real, class_pixels, net):
 
 
 def test_tiled_random_init_trains_better_than_the_same_number_of_whole_images(
-    data, real, net, mnist_protocol
+    data, real, net, mnist_protocol, evaluate_on_test_set
 ):
     """The multi-formation init holds f^2 real images per stored image: evaluated on real MNIST, 4 tiled
     random images per class must beat 1 whole random image per class (the random-real baseline of the same
@@ -145,22 +144,9 @@ def test_tiled_random_init_trains_better_than_the_same_number_of_whole_images(
     tiled = torch.cat([decode(stored[c : c + 1], 2) for c in range(NUM_CLASSES)])
     tiled_labels = torch.arange(NUM_CLASSES).repeat_interleave(4)
     protocol = replace(mnist_protocol, epochs=100, repeats=2)
-    factory = network_factory("convnet", channels=1, num_classes=NUM_CLASSES, size=28, width=32)
 
     def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
-        result = evaluate_set(
-            factory,
-            images,
-            labels,
-            (data.test_images, data.test_labels),
-            model="convnet",
-            mean=data.spec.mean,
-            std=data.spec.std,
-            num_classes=NUM_CLASSES,
-            protocol=protocol,
-            accelerator="cpu",
-        )
-        return result.mean
+        return evaluate_on_test_set(data, images, labels, protocol, width=32).mean
 
     init_acc = accuracy(tiled, tiled_labels)
     baseline_acc = accuracy(*baseline_set("random", data, 1, seed=0))
