@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from dream_pl.config import CONF_DIR
 from dream_pl.data import DatasetSpec, RealSet, load_dataset
 from dream_pl.distill import DistillModule
-from dream_pl.train import build_module
+from dream_pl.workflow import build_module
 
 
 def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec: DatasetSpec) -> DistillModule:

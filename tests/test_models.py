@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dream_pl.models import create_model, list_models, register_model
+from dream_pl.models import check_model, create_model, list_models, register_model, registry
 
 # (channels, size): MNIST-like, CIFAR-like, TinyImageNet-like.
 INPUTS = [(1, 28), (3, 32), (3, 64)]
@@ -181,3 +181,104 @@ def test_resnetap10_without_norm_uses_conv_bias():
     model = _build("resnetap10", 3, 32, norm="none")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(m.bias is not None for m in convs)
+
+
+def _check(name: str, channels: int = 1, size: int = 28, **knobs) -> str:
+    """The one-line message of the ValueError ``check_model`` raises."""
+    with pytest.raises(ValueError, match=r".") as info:
+        check_model(name, knobs, channels=channels, num_classes=NUM_CLASSES, size=size)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [("width", 0), ("depth", 0), ("width", -3), ("width", 1.5), ("width", True), ("width", "64")],
+)
+def test_check_model_rejects_bad_integer_knobs(knob, value):
+    message = _check("convnet", **{knob: value})
+    assert message == f"model.{knob}={value!r} is not allowed; must be an integer >= 1"
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("convnet", "batch, group, instance, layer, none"),
+        ("convnet4", "batch, group, instance, layer, none"),
+        ("resnet10", "batch, instance"),
+        ("resnetap10", "batch, instance, none"),
+    ],
+)
+def test_check_model_bad_norm_lists_the_models_norms(name, allowed):
+    assert _check(name, norm="nope") == f"model.norm='nope' is not allowed; allowed: {allowed}"
+
+
+def test_check_model_rejects_a_norm_another_model_has():
+    assert "allowed: batch, instance" in _check("resnet10", norm="layer")
+
+
+def test_check_model_unknown_knob_lists_allowed_knobs():
+    message = _check("convnet", colour="red")
+    assert message == "model.colour='red' is not a knob of convnet; allowed: width, depth, norm"
+
+
+def test_check_model_unknown_name_lists_allowed_names():
+    message = _check("nonexistent")
+    assert "'nonexistent'" in message
+    assert "convnet, convnet4, densenet121, resnet10, resnetap10" in message
+
+
+@pytest.mark.parametrize("reduction", [0, -0.5, 1.5, math.inf, math.nan, True, "half"])
+def test_check_model_densenet_reduction_in_unit_interval(reduction):
+    message = _check("densenet121", channels=3, size=32, reduction=reduction)
+    assert message == f"model.reduction={reduction!r} is not allowed; must be a finite number > 0 and <= 1"
+
+
+@pytest.mark.parametrize("reduction", [1, 1.0, 0.5])
+def test_check_model_densenet_reduction_accepts_ints_and_floats(reduction):
+    check_model("densenet121", {"reduction": reduction}, channels=3, num_classes=NUM_CLASSES, size=32)
+
+
+def test_check_model_probe_catches_convnet_too_deep_for_the_image():
+    # 28 px is padded to 32 and halved 6 times: 0 px.
+    message = _check("convnet", depth=6)
+    assert message == (
+        "model convnet with {'depth': 6} cannot run on 1x28x28 images: "
+        "ValueError: depth 6 does not fit 28 px inputs"
+    )
+
+
+def test_check_model_probe_message_is_one_line(monkeypatch):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_model("broken")(lambda *, channels, num_classes, size: Broken())
+    message = _check("broken")
+    assert message.endswith("1x28x28 images: RuntimeError: first line second line")
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
+def test_check_model_accepts_defaults(name, channels, size):
+    check_model(name, {}, channels=channels, num_classes=NUM_CLASSES, size=size)
+    nulls = dict.fromkeys(registry.model_options(name))  # None keeps every constructor default
+    check_model(name, nulls, channels=channels, num_classes=NUM_CLASSES, size=size)
+
+
+def test_check_model_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_model("convnet", {"width": 8}, channels=3, num_classes=NUM_CLASSES, size=32)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_register_model_rejects_limits_for_unknown_knobs():
+    with pytest.raises(ValueError, match="colour"):
+        register_model("painted", choices={"colour": ("red",)})(
+            lambda *, channels, num_classes, size: nn.Identity()
+        )
+    assert "painted" not in list_models()

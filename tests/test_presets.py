@@ -1,7 +1,7 @@
 """The slow tier: every experiment preset (``conf/experiment/*.yaml``) distilled and evaluated end to end.
 
 Each preset is composed as the command line would (``experiment=<name> debug=fdr`` plus size overrides),
-validated, built and run through ``dream_pl.train.train``: 1 outer x 2 inner iterations, a width-8
+validated, built and run through ``dream_pl.workflow.train``: 1 outer x 2 inner iterations, a width-8
 network where the architecture has a width, a small real batch and K-means, one 2-epoch evaluation per
 set. Everything else (dataset, model, matcher, sampler, init, recipe, schedule keys) is the preset's own,
 so a preset that no longer composes, validates, builds or runs fails here.
@@ -38,7 +38,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-import dream_pl.train
+import dream_pl.workflow
 from dream_pl import load_synthetic
 from dream_pl.config import CONF_DIR, group_options
 from dream_pl.data import DATASETS, RealData
@@ -240,15 +240,15 @@ Run = tuple[DistillModule, pl.Trainer, Path, RealData]
 
 @pytest.fixture
 def distill_runs(monkeypatch: pytest.MonkeyPatch) -> list[Run]:
-    """What ``dream_pl.train.distill`` hands to ``train`` (module, trainer, run directory, data), recorded."""
+    """What ``workflow.distill`` hands to ``train`` (module, trainer, run directory, data), recorded."""
     runs: list[Run] = []
-    distill = dream_pl.train.distill
+    distill = dream_pl.workflow.distill
 
     def recording(cfg: DictConfig) -> Run:
         runs.append(distill(cfg))
         return runs[-1]
 
-    monkeypatch.setattr(dream_pl.train, "distill", recording)
+    monkeypatch.setattr(dream_pl.workflow, "distill", recording)
     return runs
 
 
@@ -270,7 +270,7 @@ def test_preset_distills_and_evaluates(
     root = data_dir.prepare(composed.dataset.name)
     cfg = compose_train([*base, *size_overrides(composed), f"data_dir={root}", f"out_dir={tmp_path}"])
 
-    metrics = dream_pl.train.train(cfg)
+    metrics = dream_pl.workflow.train(cfg)
 
     ((_, trainer, _, data),) = distill_runs
     assert trainer.global_step == cfg.iterations * cfg.distill.inner_loops

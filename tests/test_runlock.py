@@ -46,7 +46,7 @@ def test_lock_of_a_live_process_on_another_host_is_respected(tmp_path):
 
 
 def test_train_refuses_a_folder_another_run_holds(tmp_path, tiny_cfg):
-    from dream_pl.train import train
+    from dream_pl.workflow import train
 
     (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "t0"}))
     with pytest.raises(RunLockedError):

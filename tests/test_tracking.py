@@ -23,7 +23,7 @@ def test_wandb_goes_offline_without_credentials(no_wandb_credentials, monkeypatc
 
 
 def test_offline_wandb_run_holds_config_commit_and_logged_keys(no_wandb_credentials, tmp_path, tiny_cfg):
-    from dream_pl.train import distill
+    from dream_pl.workflow import distill
 
     try:
         distill(tiny_cfg(tmp_path, "logger=wandb", "trainer.log_every_n_steps=1", "diagnostics_every=3"))
@@ -42,7 +42,7 @@ def test_offline_wandb_run_holds_config_commit_and_logged_keys(no_wandb_credenti
 
 
 def test_tensorboard_logger_writes_events_and_the_grid(tmp_path, tiny_cfg):
-    from dream_pl.train import distill
+    from dream_pl.workflow import distill
 
     distill(tiny_cfg(tmp_path, "logger=tensorboard", "iterations=1"))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

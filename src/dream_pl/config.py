@@ -8,6 +8,7 @@ runs, so the user sees the allowed options in one line instead of Hydra's multi-
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -18,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
 from dream_pl.clustering import BACKENDS, INITS
-from dream_pl.data import DATASETS
-from dream_pl.distill import IMAGE_STEPS, DistillConfig
+from dream_pl.data import DATASETS, DatasetSpec, get_spec
+from dream_pl.errors import UserError
 from dream_pl.features import FEATURE_INPUTS
 from dream_pl.initializers import RandomRealInit
 from dream_pl.matchers import METRICS
-from dream_pl.models import list_models, model_options
+from dream_pl.models import check_model, list_models, model_options
+from dream_pl.schemas import IMAGE_STEPS, DistillConfig, EvalProtocol
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = (
@@ -43,7 +45,7 @@ PERIODIC_KEYS = ("epochs", "repeats")
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value; its message is one line meant for the user."""
 
 
@@ -90,10 +92,29 @@ def _check_target_block(name: str, node: DictConfig, extra: Iterable[str] = ()) 
         check_keys(name, node, [*options, *extra, "_target_", "_partial_"])
 
 
-def check_model_block(model: DictConfig) -> None:
-    """The ``model`` block (train and evaluate): a known architecture and only its own knobs."""
+def dataset_spec(dataset: DictConfig) -> DatasetSpec:
+    """The image shape and classes a ``dataset`` block gives (its options may set size and classes)."""
+    options = dataset.get("options") or {}
+    shape = {"size": int(options["size"])} if "size" in options else {}
+    if "classes" in options:
+        shape["num_classes"] = len(options["classes"])
+    return get_spec(dataset.name, **shape)
+
+
+def check_model_block(model: DictConfig, dataset: DictConfig) -> None:
+    """The ``model`` block (train and evaluate): a known architecture, its own knobs, values it can run.
+
+    Besides the knobs' ranges, the network is built once and run on one blank image of the dataset's
+    shape, so combinations such as a ConvNet too deep for 28 px images are refused before any work.
+    """
     _check_choice("model.name", model.name, list_models())
     check_keys("model", model, [*model_options(model.name), "name", "_target_", "_partial_"])
+    spec = dataset_spec(dataset)
+    knobs = {k: v for k, v in model.items() if k not in ("name", "_target_", "_partial_")}
+    try:
+        check_model(model.name, knobs, channels=spec.channels, num_classes=spec.num_classes, size=spec.size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_blocks(cfg: DictConfig) -> None:
@@ -101,7 +122,7 @@ def check_blocks(cfg: DictConfig) -> None:
     check_keys(
         "distill", cfg.distill, [f.name for f in fields(DistillConfig) if f.name not in ("ipc", "seed")]
     )
-    check_model_block(cfg.model)
+    check_model_block(cfg.model, cfg.dataset)
     _check_target_block("matcher", cfg.matcher)
     _check_target_block("init", cfg.init)
     selects = sampler_selects(cfg.sampler)
@@ -116,6 +137,18 @@ def check_blocks(cfg: DictConfig) -> None:
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     """Option names of a config group (yaml files in ``conf/<group>``)."""
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def check_top_keys(cfg: DictConfig, config_name: str, conf_dir: Path = CONF_DIR) -> None:
+    """Top-level keys are those of ``conf/<config_name>.yaml``: ``+ipcc=1`` is an error, not ignored."""
+    primary = OmegaConf.load(conf_dir / f"{config_name}.yaml")
+    groups = [next(iter(entry)) for entry in primary.get("defaults", []) if OmegaConf.is_dict(entry)]
+    allowed = sorted({*(k for k in primary if k != "defaults"), *groups, "hydra"})
+    for key in cfg:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key {key!r} (nothing reads it); allowed top-level keys: {', '.join(allowed)}"
+            )
 
 
 def check_overrides(argv: Iterable[str], conf_dir: Path = CONF_DIR) -> None:
@@ -144,6 +177,13 @@ def _require_int(name: str, value: object, minimum: int = 1, note: str = "") -> 
     _require(ok, f"{name}={value!r} must be an integer >= {minimum}{note}")
 
 
+def _require_number(name: str, value: object, *, positive: bool) -> None:
+    """A finite real number, > 0 (``positive``) or >= 0: ``inf`` or ``nan`` would only fail at step 1."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0)
+    _require(ok, f"{name}={value!r} must be a finite number {'> 0' if positive else '>= 0'}")
+
+
 def _check_choice(name: str, value: object, allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     _require(value in allowed, f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -158,8 +198,10 @@ def _check_strategy(name: str, value: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and name checks on a composed train config (no data needed)."""
+    check_top_keys(cfg, "train")
     _require_int("ipc", cfg.ipc, note=" (images per class)")
     _require_int("iterations", cfg.iterations)
+    _require_int("keep_checkpoints", cfg.keep_checkpoints, minimum=0, note=" (0 = only last.ckpt)")
     _require_int("eval_every", cfg.get("eval_every", 0), minimum=0, note=" (0 = off)")
     _require_int("diagnostics_every", cfg.get("diagnostics_every", 0), minimum=0, note=" (0 = off)")
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
@@ -175,7 +217,10 @@ def validate(cfg: DictConfig) -> None:
         "lr_size_base",
     ):
         _require_int(f"distill.{key}", d[key])
-    _require(float(d.lr_img) > 0, f"distill.lr_img={d.lr_img} must be > 0")
+    for key in ("lr_img", "lr_net"):
+        _require_number(f"distill.{key}", d[key], positive=True)
+    for key in ("momentum_img", "momentum_net", "weight_decay_net"):
+        _require_number(f"distill.{key}", d[key], positive=False)
     _require(
         0.0 <= float(d.net_cutmix_p) <= 1.0,
         f"distill.net_cutmix_p={d.net_cutmix_p} must be in [0, 1]",
@@ -230,8 +275,6 @@ def _validate_embedding(cfg: DictConfig) -> None:
 
 def validate_evaluation(ev: DictConfig) -> None:
     """Checks on the ``evaluation`` block (shared by train and evaluate)."""
-    from dream_pl.evaluation.protocol import EvalProtocol
-
     check_keys("evaluation", ev, [*(f.name for f in fields(EvalProtocol)), *EVALUATION_RUN_KEYS])
     for key in ("repeats", "epochs", "batch_size", "test_batch"):
         _require_int(f"evaluation.{key}", ev[key])
@@ -249,8 +292,30 @@ def validate_evaluation(ev: DictConfig) -> None:
         ev.stacked is None or isinstance(ev.stacked, bool),
         f"evaluation.stacked={ev.stacked!r} must be true, false or null (null: stacked on a GPU if possible)",
     )
+    _require_number("evaluation.lr", ev.lr, positive=True)
+    _require_number("evaluation.lr_gamma", ev.lr_gamma, positive=True)
+    for key in ("momentum", "weight_decay"):
+        _require_number(f"evaluation.{key}", ev[key], positive=False)
     _check_strategy("evaluation.dsa", ev.dsa)
     _require(0.0 <= float(ev.cutmix_p) <= 1.0, f"evaluation.cutmix_p={ev.cutmix_p} must be in [0, 1]")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """Range and name checks on a composed ``dream_pl.evaluate`` config (no data needed)."""
+    from dream_pl.evaluation.sets import BASELINES
+
+    check_top_keys(cfg, "eval")
+    _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
+    _require_int("ipc", cfg.ipc, note=" (images per class of a baseline)")
+    _require_int("repeats", cfg.repeats)
+    validate_evaluation(cfg.evaluation)
+    check_model_block(cfg.model, cfg.dataset)
+    target = str(cfg.synthetic)
+    if target not in BASELINES and not Path(target).exists():
+        raise ConfigError(
+            f"synthetic={target} does not exist; give a synthetic.pt, a run directory, "
+            f"or one of {', '.join(BASELINES)}"
+        )
 
 
 def validate_against_data(cfg: DictConfig, class_sizes: list[int]) -> None:

@@ -13,7 +13,6 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -22,45 +21,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
+from dream_pl.checkpoints import CONFIG_KEY
 from dream_pl.data import RealSet
 from dream_pl.diagnostics import selection_diagnostics
+from dream_pl.errors import UserError
 from dream_pl.samplers import Sampler
+from dream_pl.schemas import DistillConfig
 from dream_pl.seeding import derive, generator
 from dream_pl.synthetic import SyntheticData, SyntheticSet
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The matching loss became NaN or inf; the run stops and keeps its last good checkpoint."""
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """The loop's hyper-parameters: the ``distill`` block of ``conf/train.yaml``, plus ``ipc`` and ``seed``.
-
-    The values and what each means live in the yaml; this is their schema.
-    """
-
-    ipc: int
-    seed: int
-    inner_loops: int
-    factor: int
-    lr_img: float
-    lr_size_base: int
-    momentum_img: float
-    batch_real: int
-    batch_syn_max: int
-    n_data: int
-    lr_net: float
-    momentum_net: float
-    weight_decay_net: float
-    match_dsa: str
-    net_dsa: str
-    net_cutmix_p: float
-    image_step: str
-    save_every: int
-
-
-IMAGE_STEPS = ("joint", "per_class")
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
@@ -98,11 +70,13 @@ class DistillModule(pl.LightningModule):
         initializer: Callable[..., Tensor],
         cfg: DistillConfig,
         dataset: str = "",
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.real, self.net_factory, self.matcher = real, net_factory, matcher
         self.sampler, self.initializer, self.cfg, self.dataset = sampler, initializer, cfg, dataset
+        self.run_config = run_config or {}  # stored in checkpoints and exports: what resume checks against
         _, channels, size, _ = real.images.shape
         self.size = size
         placeholder = torch.zeros(real.num_classes * cfg.ipc, channels, size, size)
@@ -293,8 +267,7 @@ class DistillModule(pl.LightningModule):
             c = int((~finite).nonzero()[0])
             raise NonFiniteLossError(
                 f"matching loss is {float(per_class[c])} for class {c} at step {step}; "
-                "no image was stepped with it "
-                "and the last checkpoint is intact. Lower distill.lr_img or check the data."
+                "no image was stepped with it. Lower distill.lr_img or check the data"
             )
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -309,7 +282,7 @@ class DistillModule(pl.LightningModule):
         self.log("distill/peak_mem_mb", peak_memory_mb(self.device), on_step=True)
 
     # ------------------------------------------------------------- artifacts
-    def export(self, config: dict[str, Any] | None = None) -> SyntheticData:
+    def export(self) -> SyntheticData:
         """The current synthetic set, decoded, in pixel space, with what is needed to evaluate it."""
         x, y = self.synthetic.decoded()
         return SyntheticData(
@@ -320,12 +293,13 @@ class DistillModule(pl.LightningModule):
             mean=tuple(self.real.mean.flatten().tolist()),
             std=tuple(self.real.std.flatten().tolist()),
             stored=self.synthetic.images.detach().cpu(),
-            config=config or {},
+            config=self.run_config,
         )
 
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add what Lightning does not know about: the network optimiser and the sampler's selection."""
+        """Add what Lightning does not know: the network optimiser, the selection, the run's config."""
+        checkpoint[CONFIG_KEY] = self.run_config
         checkpoint["net_optimizer"] = self.net_opt.state_dict()
         checkpoint["sampler"] = self.sampler.state_dict()
         checkpoint["torch_rng"] = torch.get_rng_state()

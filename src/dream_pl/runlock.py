@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from dream_pl.errors import UserError
+
 log = logging.getLogger("dream_pl.runlock")
 LOCK_NAME = "run.lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """The run folder is held by another live run; the message is one line for the user."""
 
 
@@ -54,27 +56,45 @@ class RunLock:
             json.dump(self.holder, f)
         return True
 
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _stale(self, other: dict) -> bool:
+        """Left by a process of this host that no longer runs."""
+        same_host = other.get("host") == self.holder["host"]
+        return same_host and isinstance(other.get("pid"), int) and not _alive(other["pid"])
+
+    def _refusal(self, other: dict) -> RunLockedError:
+        who = f"pid {other.get('pid', '?')} on {other.get('host', '?')} since {other.get('started', '?')}"
+        return RunLockedError(
+            f"{self.path.parent} is in use by another run ({who}); "
+            "wait for it to finish or pass another out_dir"
+        )
+
+    def check(self) -> None:
+        """Raise :class:`RunLockedError` if a live run holds the folder; takes nothing (a pre-check)."""
+        if self.path.exists():
+            other = self._holder()
+            mine = other.get("host") == self.holder["host"] and other.get("pid") == self.holder["pid"]
+            if not (mine or self._stale(other)):
+                raise self._refusal(other)
+
     def acquire(self) -> None:
         """Take the lock, or take over a stale one, or raise :class:`RunLockedError`."""
         if self._create():
             return
-        try:
-            other = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            other = {}
-        same_host = other.get("host") == self.holder["host"]
-        if same_host and isinstance(other.get("pid"), int) and not _alive(other["pid"]):
+        other = self._holder()
+        if self._stale(other):
             log.warning(
                 "taking over the stale lock of pid %s (no longer running): %s", other["pid"], self.path
             )
             self.path.unlink(missing_ok=True)
             if self._create():
                 return
-        who = f"pid {other.get('pid', '?')} on {other.get('host', '?')} since {other.get('started', '?')}"
-        raise RunLockedError(
-            f"{self.path.parent} is in use by another run ({who}); "
-            "wait for it to finish or pass another out_dir"
-        )
+        raise self._refusal(other)
 
     def release(self) -> None:
         """Remove the lock if this process holds it."""

@@ -1,4 +1,4 @@
-"""Shared plumbing of the Hydra entry points: one-line errors, output directories, loggers."""
+"""Shared plumbing of the runs: loggers, the config and commit they log, W&B clean-up."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -17,35 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from dream_pl.config import ConfigError
-from dream_pl.data import DatasetNotFoundError
-from dream_pl.evaluation.sets import SetMismatchError
-from dream_pl.runlock import RunLockedError
-
-T = TypeVar("T")
 log = logging.getLogger("dream_pl.runner")
-USER_ERRORS = (ConfigError, DatasetNotFoundError, FileNotFoundError, SetMismatchError, RunLockedError)
-
-
-def report_user_errors(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a user error prints one line (no traceback) and exits with status 2."""
-    try:
-        return fn()
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    """``cfg.out_dir`` if set, else Hydra's run directory (a job's own directory in a multirun)."""
-    if cfg.get("out_dir"):
-        path = Path(cfg.out_dir)
-    elif HydraConfig.initialized():
-        path = Path(HydraConfig.get().runtime.output_dir)
-    else:
-        raise ConfigError("out_dir is not set and no Hydra run directory exists; pass out_dir=<dir>")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def git_commit() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.utils import save_image
+
+from dream_pl.errors import UserError
+
+
+class NotASyntheticSetError(UserError):
+    """A file given as a synthetic set is damaged or is something else (a checkpoint, another tensor)."""
 
 
 def decode(images: Tensor, factor: int) -> Tensor:
@@ -126,6 +132,13 @@ class SyntheticData(Dataset):
         return len(self.labels) // (classes * self.factor**2)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it, then restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``: a crash never leaves half a file."""
     path = Path(path)
@@ -134,6 +147,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results the PNGs beside them show
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -164,7 +178,25 @@ def load_synthetic(path: str | Path) -> SyntheticData:
         path = path / "synthetic.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no synthetic set at {path} (expected a synthetic.pt or a run directory)")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign files: every reader error means "not a set"
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise NotASyntheticSetError(
+            f"{path} cannot be read ({reason}); a distillation run writes its synthetic.pt again when "
+            "resumed (the same command, or out_dir=<its folder>)"
+        ) from None
+    if isinstance(blob, dict) and "state_dict" in blob:
+        raise NotASyntheticSetError(
+            f"{path} is a training checkpoint, not a synthetic set; its run folder holds the set exported "
+            "with it: pass synthetic=<run folder> (its synthetic.pt)"
+        )
+    wanted = {f.name for f in fields(SyntheticData)}
+    if not isinstance(blob, dict) or not {"images", "labels"} <= blob.keys() or not blob.keys() <= wanted:
+        got = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise NotASyntheticSetError(
+            f"{path} is not a synthetic set (it holds {got}; a set has {', '.join(sorted(wanted))})"
+        )
     return SyntheticData(**blob)
 
 

@@ -19,17 +19,16 @@ class SyntheticExport(pl.Callback):
     Args:
         dirpath: run directory; writes ``synthetic.pt`` and ``synthetic.png`` there (atomically).
         every_n_steps: steps between exports (0: only at the end).
-        config: resolved run config stored inside the file.
 
     The grid also goes to the run's image-capable loggers (W&B, TensorBoard) as ``distill/synthetic``.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int, config: dict[str, Any] | None = None) -> None:
-        self.dirpath, self.every_n_steps, self.config = Path(dirpath), every_n_steps, config or {}
+    def __init__(self, dirpath: str | Path, every_n_steps: int) -> None:
+        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
 
     def export(self, pl_module: pl.LightningModule, name: str = "synthetic") -> Path:
         """Write the current synthetic set as ``<name>.pt`` and ``<name>.png``; returns the ``.pt`` path."""
-        data = pl_module.export(self.config)
+        data = pl_module.export()
         path = self.dirpath / f"{name}.pt"
         save_synthetic(path, data)
         grid = self.dirpath / f"{name}.png"

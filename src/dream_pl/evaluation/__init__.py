@@ -4,8 +4,3 @@
 ``sets`` (what can be evaluated, and the labels every report uses), ``suite`` (all of it from a config),
 ``tables`` (eval.json, the printed table, logger keys).
 """
-
-from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
-from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
-
-__all__ = ["EvalProtocol", "EvalResult", "StackedClassifier", "evaluate_set", "supports_stacking"]

@@ -7,7 +7,6 @@ mean ± std over repeats. Nothing is selected on the test set.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -19,42 +18,7 @@ from torch import Tensor, nn
 
 from dream_pl.evaluation.stacked import StackedClassifier
 from dream_pl.quiet import quiet_lightning
-
-
-@dataclass(frozen=True)
-class EvalProtocol:
-    """How a set is evaluated: the protocol fields of the ``evaluation`` config block.
-
-    The values, with the paper's defaults and what each means, live in ``conf/evaluation/default.yaml``;
-    ``dream_pl.evaluation.suite.protocol_from`` builds this from it and rejects unknown keys.
-    """
-
-    epochs: int
-    repeats: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    lr_milestones: tuple[float, ...]
-    lr_gamma: float
-    dsa: str
-    cutmix_p: float
-    test_batch: int
-    stacked: bool | None  # None: vmap-stacked on a GPU when the architecture allows, looped on a CPU
-
-    def milestones(self) -> tuple[int, ...]:
-        """Epochs at which the lr decays (666 and 833 for 1,000 epochs)."""
-        return tuple(math.floor(f * self.epochs + 1e-6) for f in self.lr_milestones)
-
-    def describe(self) -> str:
-        """One line stating the protocol beside every reported number."""
-        aug = self.dsa or "no DSA"
-        mix = f" + CutMix p={self.cutmix_p}" if self.cutmix_p > 0 else ""
-        return (
-            f"{self.epochs} epochs, SGD lr {self.lr} (x{self.lr_gamma} at {list(self.milestones())}), "
-            f"batch {self.batch_size}, DSA {aug}{mix}, {self.repeats} repeat{'s' * (self.repeats != 1)}, "
-            "final-epoch test accuracy"
-        )
+from dream_pl.schemas import EvalProtocol
 
 
 @dataclass

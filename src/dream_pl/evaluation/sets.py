@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from dream_pl.coreset import herding, kcenter
 from dream_pl.data import RealData, RealSet
+from dream_pl.errors import UserError
 from dream_pl.features import embed_class
 from dream_pl.seeding import derive, generator
 from dream_pl.synthetic import SyntheticData, load_synthetic
@@ -30,7 +31,7 @@ def is_random_baseline(label: str) -> bool:
     return label.startswith("random real")
 
 
-class SetMismatchError(ValueError):
+class SetMismatchError(UserError, ValueError):
     """A synthetic set that does not fit the dataset it is evaluated on."""
 
 

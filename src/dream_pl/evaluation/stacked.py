@@ -26,7 +26,7 @@ from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
 from dream_pl.seeding import derive, generator
 
 if TYPE_CHECKING:
-    from dream_pl.evaluation.protocol import EvalProtocol
+    from dream_pl.schemas import EvalProtocol
 
 
 def supports_stacking(net: nn.Module) -> bool:

@@ -1,9 +1,17 @@
 """Model zoo: architectures registered by name, built with ``create_model``."""
 
 from dream_pl.models import convnet, densenet, resnet
-from dream_pl.models.registry import create_model, list_models, model_options, network_factory, register_model
+from dream_pl.models.registry import (
+    check_model,
+    create_model,
+    list_models,
+    model_options,
+    network_factory,
+    register_model,
+)
 
 __all__ = [
+    "check_model",
     "convnet",
     "create_model",
     "densenet",

@@ -94,7 +94,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("convnet")
+@register_model("convnet", choices={"norm": NORMS})
 def convnet(
     *,
     channels: int,
@@ -108,7 +108,7 @@ def convnet(
     return ConvNet(channels=channels, num_classes=num_classes, size=size, width=width, depth=depth, norm=norm)
 
 
-@register_model("convnet4")
+@register_model("convnet4", choices={"norm": NORMS})
 def convnet4(
     *,
     channels: int,

@@ -79,7 +79,7 @@ class DenseNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("densenet121")
+@register_model("densenet121", maxima={"reduction": 1.0})
 def densenet121(
     *, channels: int, num_classes: int, size: int, growth: int = 12, reduction: float = 0.5
 ) -> DenseNet:

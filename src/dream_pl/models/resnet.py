@@ -121,7 +121,7 @@ def make_stem(
     )
 
 
-@register_model("resnet10")
+@register_model("resnet10", choices={"norm": RESNET_NORMS})
 def resnet10(*, channels: int, num_classes: int, size: int, norm: str = "batch") -> ResNet:
     """ResNet-10 as the reference's ``resnet10_bn``, CIFAR branch for every size <= 32.
 
@@ -145,7 +145,7 @@ def resnet10(*, channels: int, num_classes: int, size: int, norm: str = "batch")
     return ResNet(stem=stem, stem_channels=widths[0], widths=widths, num_classes=num_classes, norm=norm)
 
 
-@register_model("resnetap10")
+@register_model("resnetap10", choices={"norm": RESNETAP_NORMS})
 def resnetap10(
     *, channels: int, num_classes: int, size: int, width: int = 64, norm: str = "instance"
 ) -> ResNet:

@@ -1,0 +1,77 @@
+"""The schemas of the config blocks the code reads: frozen dataclasses, no defaults.
+
+The values, with the paper's defaults and a comment each, live in the yaml under ``conf/``;
+``config.from_block`` builds these from a block and rejects unknown or missing keys. Kept free of
+Lightning so the command line can check a config in seconds, before any heavy import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The loop's hyper-parameters: the ``distill`` block of ``conf/train.yaml``, plus ``ipc`` and ``seed``.
+
+    The values and what each means live in the yaml; this is their schema.
+    """
+
+    ipc: int
+    seed: int
+    inner_loops: int
+    factor: int
+    lr_img: float
+    lr_size_base: int
+    momentum_img: float
+    batch_real: int
+    batch_syn_max: int
+    n_data: int
+    lr_net: float
+    momentum_net: float
+    weight_decay_net: float
+    match_dsa: str
+    net_dsa: str
+    net_cutmix_p: float
+    image_step: str
+    save_every: int
+
+
+IMAGE_STEPS = ("joint", "per_class")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a set is evaluated: the protocol fields of the ``evaluation`` config block.
+
+    The values, with the paper's defaults and what each means, live in ``conf/evaluation/default.yaml``;
+    ``dream_pl.evaluation.suite.protocol_from`` builds this from it and rejects unknown keys.
+    """
+
+    epochs: int
+    repeats: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_milestones: tuple[float, ...]
+    lr_gamma: float
+    dsa: str
+    cutmix_p: float
+    test_batch: int
+    stacked: bool | None  # None: vmap-stacked on a GPU when the architecture allows, looped on a CPU
+
+    def milestones(self) -> tuple[int, ...]:
+        """Epochs at which the lr decays (666 and 833 for 1,000 epochs)."""
+        return tuple(math.floor(f * self.epochs + 1e-6) for f in self.lr_milestones)
+
+    def describe(self) -> str:
+        """One line stating the protocol beside every reported number."""
+        aug = self.dsa or "no DSA"
+        mix = f" + CutMix p={self.cutmix_p}" if self.cutmix_p > 0 else ""
+        return (
+            f"{self.epochs} epochs, SGD lr {self.lr} (x{self.lr_gamma} at {list(self.milestones())}), "
+            f"batch {self.batch_size}, DSA {aug}{mix}, {self.repeats} repeat{'s' * (self.repeats != 1)}, "
+            "final-epoch test accuracy"
+        )

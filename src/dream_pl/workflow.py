@@ -1,0 +1,227 @@
+"""What the entry points do once their input is checked: distil (then evaluate), or evaluate a saved set.
+
+``dream_pl.train`` and ``dream_pl.evaluate`` are thin command lines; the work is here, callable from Python
+with a composed config (``train(cfg)``, ``evaluate(cfg)``). Every call checks its input first (the same
+checks as the command line's pre-check), holds its run folder's lock, and writes only into that folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import Tensor
+
+from dream_pl.callbacks import (
+    ClusteringCallback,
+    DiagnosticsCallback,
+    DistillProgressBar,
+    PeriodicEvaluation,
+    SyntheticExport,
+)
+from dream_pl.checkpoints import check_resume
+from dream_pl.config import (
+    ConfigError,
+    from_block,
+    sampler_selects,
+    validate,
+    validate_against_data,
+    validate_eval,
+)
+from dream_pl.data import DatasetSpec, RealData, RealSet, load_dataset
+from dream_pl.distill import DistillModule, NonFiniteLossError
+from dream_pl.evaluation.sets import (
+    BASELINES,
+    DISTILLED,
+    INITIALISATION,
+    baseline_label,
+    baseline_set,
+    load_set,
+)
+from dream_pl.evaluation.suite import evaluate_sets, network_for, protocol_from, set_evaluator
+from dream_pl.evaluation.tables import eval_metrics, write_report
+from dream_pl.launch import output_dir
+from dream_pl.quiet import quiet_lightning
+from dream_pl.runlock import RunLock
+from dream_pl.runner import make_loggers, plain_config
+from dream_pl.samplers import Sampler
+from dream_pl.schemas import DistillConfig
+
+log = logging.getLogger("dream_pl.workflow")
+
+
+def build_sampler(node: DictConfig) -> Sampler:
+    """The ``sampler`` block's sampler; its ``interval`` belongs to the clustering callback, not to it."""
+    knobs = OmegaConf.to_container(node, resolve=True)
+    knobs.pop("interval", None)
+    return instantiate(knobs)
+
+
+def build_module(cfg: DictConfig, real: RealSet, spec: DatasetSpec) -> DistillModule:
+    """Instantiate the injected parts from their config groups and the loop itself."""
+    return DistillModule(
+        real=real,
+        net_factory=network_for(cfg, spec),
+        matcher=instantiate(cfg.matcher),
+        sampler=build_sampler(cfg.sampler),
+        initializer=instantiate(cfg.init),
+        cfg=from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed),
+        dataset=cfg.dataset.name,
+        run_config=plain_config(cfg),
+    )
+
+
+def checkpoint_every(cfg: DictConfig) -> int:
+    """Inner steps between checkpoints (and ``synthetic.pt`` exports)."""
+    return int(cfg.distill.save_every * cfg.distill.inner_loops)
+
+
+def distill_callbacks(cfg: DictConfig, out: Path, data: RealData) -> list[pl.Callback]:
+    """Progress, checkpoints, exports, the clustering schedule (every selecting sampler), diagnostics, curves.
+
+    Besides ``last.ckpt``, the newest ``keep_checkpoints`` periodic checkpoints (``step=<n>.ckpt``) stay:
+    a run whose newest checkpoint is damaged goes back to one of them.
+    """
+    every = checkpoint_every(cfg)
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="{step}",
+            every_n_train_steps=every,
+            save_last=True,
+            save_top_k=cfg.keep_checkpoints,
+            monitor="step",
+            mode="max",
+        ),
+        SyntheticExport(out, every),
+    ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(DistillProgressBar(inner_loops=cfg.distill.inner_loops, iterations=cfg.iterations))
+    if sampler_selects(cfg.sampler):
+        callbacks.append(ClusteringCallback(cfg.sampler.interval, cfg.distill.inner_loops))
+    if cfg.diagnostics_every:
+        callbacks.append(DiagnosticsCallback(cfg.diagnostics_every))
+    if cfg.eval_every:
+        name = cfg.evaluation.models[0]
+        callbacks.append(
+            PeriodicEvaluation(
+                cfg.eval_every * cfg.distill.inner_loops,
+                set_evaluator(cfg, name, data),
+                protocol_from(cfg.evaluation, periodic=True),
+                name,
+                inner_loops=cfg.distill.inner_loops,
+            )
+        )
+    return callbacks
+
+
+def checkpoint_state(out: Path, every: int) -> str:
+    """Whether a run that stopped has a checkpoint to resume from (said with every stop on a bad loss)."""
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"its last checkpoint {last} is intact: fix the setting and rerun on out_dir={out} to resume"
+    return f"no checkpoint was written yet (the first is due at step {every})"
+
+
+def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]:
+    """Check, load data, build and fit; returns the module, its trainer, the run directory, the data.
+
+    The caller holds the run folder's lock (:func:`train`).
+    """
+    validate(cfg)
+    out = output_dir(cfg)
+    resume = check_resume(cfg, out)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
+    real = RealSet.from_data(data, "train")
+    validate_against_data(cfg, real.class_sizes)
+    module = build_module(cfg, real, data.spec)
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=cfg.iterations * cfg.distill.inner_loops,
+        max_epochs=-1,
+        callbacks=distill_callbacks(cfg, out, data),
+        logger=make_loggers(cfg, out, job_type="distill") or False,
+        default_root_dir=str(out),
+    )
+    try:
+        with quiet_lightning(banners=False):
+            trainer.fit(module, ckpt_path=None if resume is None else str(resume))
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"{err}; {checkpoint_state(out, checkpoint_every(cfg))}") from None
+    return module, trainer, out, data
+
+
+def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealData) -> dict[str, float]:
+    """The evaluator on the distilled set, beside its initialisation and random real images of equal size."""
+    final = module.export()
+    sets = {DISTILLED: (final.images, final.labels)}
+    if cfg.evaluation.baseline:
+        init = out / "synthetic_init.pt"
+        if init.is_file():
+            initial = load_set(init, data)
+            sets[INITIALISATION] = (initial.images, initial.labels)
+        sets[baseline_label("random", cfg.ipc)] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
+    rows = evaluate_sets(cfg, data, sets)
+    write_report(rows, out)
+    return eval_metrics(rows)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Distil, then (unless ``evaluation.enabled=false``) evaluate; returns the run's metrics.
+
+    The run folder is locked for the whole run: a second run on the same ``out_dir`` refuses at once.
+    """
+    validate(cfg)
+    with RunLock(output_dir(cfg)):
+        module, trainer, out, data = distill(cfg)
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.evaluation.enabled:
+            scores = evaluate_run(cfg, module, out, data)
+            for logger in trainer.loggers:
+                logger.log_metrics(scores, step=trainer.global_step)
+                logger.save()
+            metrics.update(scores)
+    metrics["synthetic_path"] = str(out / "synthetic.pt")
+    log.info("run directory: %s", out)
+    return metrics
+
+
+def evaluation_sets(cfg: DictConfig, real: RealData) -> dict[str, tuple[Tensor, Tensor]]:
+    """The sets ``dream_pl.evaluate`` trains on: a baseline, or a saved set beside random real images."""
+    target = str(cfg.synthetic)
+    if target in BASELINES:
+        smallest = min(RealSet.from_data(real, "train").class_sizes)
+        if target != "whole" and cfg.ipc > smallest:
+            raise ConfigError(
+                f"ipc={cfg.ipc} is too large for the {target} baseline: the smallest class of "
+                f"{cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}"
+            )
+        net = network_for(cfg, real.spec)()
+        return {baseline_label(target, cfg.ipc): baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)}
+    synthetic = load_set(target, real)
+    sets = {DISTILLED: (synthetic.images, synthetic.labels)}
+    if cfg.evaluation.baseline:
+        ipc = synthetic.ipc
+        sets[baseline_label("random", ipc)] = baseline_set("random", real, ipc, seed=cfg.seed)
+    return sets
+
+
+def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Resolve the set(s), evaluate them, write ``eval.json`` (the output folder locked meanwhile)."""
+    validate_eval(cfg)
+    out = output_dir(cfg)
+    with RunLock(out):
+        pl.seed_everything(cfg.seed, verbose=False)
+        real = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
+        rows = evaluate_sets(cfg, real, evaluation_sets(cfg, real))
+        write_report(rows, out)
+        for logger in make_loggers(cfg, out, job_type="eval"):
+            logger.log_metrics(eval_metrics(rows), step=0)
+            logger.finalize("success")
+    return rows
