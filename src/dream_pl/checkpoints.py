@@ -86,11 +86,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         older = other_checkpoints(path)
         back = (
-            f"resume={older[0]} (an older checkpoint of this run)" if older else "no older checkpoint is kept"
+            f"go back to an older checkpoint with resume={older[0]}, or start afresh with a new out_dir"
+            if older
+            else "no older checkpoint is kept: start afresh with a new out_dir"
         )
         raise ResumeError(
-            f"checkpoint {path} cannot be read ({reason}); ways on: {back}, or a new out_dir to start "
-            "afresh. Nothing in the folder was changed"
+            f"checkpoint {path} cannot be read ({reason}); {back}. Nothing in the folder was changed"
         ) from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise ResumeError(f"{path} is not a Lightning checkpoint of a distillation run")

@@ -195,8 +195,9 @@ def _hydra_override_value(path: Path) -> str:
 
 
 def discard_if_empty(folder: Path, up_to: Path | None = None) -> None:
-    """Remove a run folder holding only Hydra's config and log (a call that failed before doing work),
-    then its parents up to ``up_to`` (Hydra's log folder) that are left empty.
+    """Remove a run folder holding only Hydra's config and log: a call that failed before doing work.
+
+    Its parents up to ``up_to`` (Hydra's log folder) go too when that leaves them empty.
     """
     if not folder.is_dir() or (folder / LOCK_NAME).exists():
         return

@@ -16,6 +16,8 @@ LIGHTNING_NOISE = (
     # assumes a manual-optimisation checkpoint wants the state before the step; a resume wants the state
     # after the step the checkpoint counts, which is what it writes
     r"Using ModelCheckpoint with manual optimization",
+    # a resumed run's own checkpoint folder: the run lock and the resume check already rule out mixing
+    r"Checkpoint directory .* exists and is not empty",
 )
 
 

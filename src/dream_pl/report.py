@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import yaml
 
 from dream_pl.evaluation.sets import DISTILLED
+from dream_pl.launch import report_user_errors
 
 SEED_KEYS = ("seed",)
 
@@ -170,14 +171,11 @@ def report(multirun_dir: str | Path) -> str:
 
 
 def main() -> None:
-    """Console entry."""
+    """Console entry: a user error is one line and exit status 2, as in every entry point."""
     parser = argparse.ArgumentParser(description="Summarise a dream_pl multirun directory.")
     parser.add_argument("multirun_dir")
     args = parser.parse_args()
-    try:
-        print(report(args.multirun_dir))
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
+    print(report_user_errors(lambda: report(args.multirun_dir)))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,12 @@ def load_synthetic(path: str | Path) -> SyntheticData:
         path = path / "synthetic.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no synthetic set at {path} (expected a synthetic.pt or a run directory)")
+    checkpoint = NotASyntheticSetError(
+        f"{path} is a training checkpoint, not a synthetic set; its run folder holds the set exported "
+        "with it: pass synthetic=<run folder> (its synthetic.pt)"
+    )
+    if path.suffix == ".ckpt":
+        raise checkpoint
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated or foreign files: every reader error means "not a set"
@@ -187,10 +193,7 @@ def load_synthetic(path: str | Path) -> SyntheticData:
             "resumed (the same command, or out_dir=<its folder>)"
         ) from None
     if isinstance(blob, dict) and "state_dict" in blob:
-        raise NotASyntheticSetError(
-            f"{path} is a training checkpoint, not a synthetic set; its run folder holds the set exported "
-            "with it: pass synthetic=<run folder> (its synthetic.pt)"
-        )
+        raise checkpoint
     wanted = {f.name for f in fields(SyntheticData)}
     if not isinstance(blob, dict) or not {"images", "labels"} <= blob.keys() or not blob.keys() <= wanted:
         got = sorted(blob) if isinstance(blob, dict) else type(blob).__name__

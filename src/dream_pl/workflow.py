@@ -84,14 +84,16 @@ def checkpoint_every(cfg: DictConfig) -> int:
 def distill_callbacks(cfg: DictConfig, out: Path, data: RealData) -> list[pl.Callback]:
     """Progress, checkpoints, exports, the clustering schedule (every selecting sampler), diagnostics, curves.
 
-    Besides ``last.ckpt``, the newest ``keep_checkpoints`` periodic checkpoints (``step=<n>.ckpt``) stay:
+    Besides ``last.ckpt``, the newest ``keep_checkpoints`` periodic checkpoints (``step-<n>.ckpt``) stay:
     a run whose newest checkpoint is damaged goes back to one of them.
     """
     every = checkpoint_every(cfg)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=out / "checkpoints",
-            filename="{step}",
+            filename="step-{step}",
+            auto_insert_metric_name=False,
+            enable_version_counter=False,  # one run per folder: a moved folder overwrites last.ckpt
             every_n_train_steps=every,
             save_last=True,
             save_top_k=cfg.keep_checkpoints,
@@ -128,6 +130,12 @@ def checkpoint_state(out: Path, every: int) -> str:
     return f"no checkpoint was written yet (the first is due at step {every})"
 
 
+def resume_note(resume: Path | None, cfg: DictConfig) -> str:
+    """How the run starts: afresh, or from which checkpoint."""
+    total = cfg.iterations * cfg.distill.inner_loops
+    return f"resuming from {resume} ({total} steps in all)" if resume else f"a new run of {total} steps"
+
+
 def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]:
     """Check, load data, build and fit; returns the module, its trainer, the run directory, the data.
 
@@ -141,16 +149,17 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
     real = RealSet.from_data(data, "train")
     validate_against_data(cfg, real.class_sizes)
     module = build_module(cfg, real, data.spec)
-    trainer = instantiate(
-        cfg.trainer,
-        max_steps=cfg.iterations * cfg.distill.inner_loops,
-        max_epochs=-1,
-        callbacks=distill_callbacks(cfg, out, data),
-        logger=make_loggers(cfg, out, job_type="distill") or False,
-        default_root_dir=str(out),
-    )
     try:
-        with quiet_lightning(banners=False):
+        with quiet_lightning():  # Lightning's device banner and tips; the run says what matters itself
+            trainer = instantiate(
+                cfg.trainer,
+                max_steps=cfg.iterations * cfg.distill.inner_loops,
+                max_epochs=-1,
+                callbacks=distill_callbacks(cfg, out, data),
+                logger=make_loggers(cfg, out, job_type="distill") or False,
+                default_root_dir=str(out),
+            )
+            log.info("distilling on %s; %s", trainer.strategy.root_device, resume_note(resume, cfg))
             trainer.fit(module, ckpt_path=None if resume is None else str(resume))
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{err}; {checkpoint_state(out, checkpoint_every(cfg))}") from None
