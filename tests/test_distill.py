@@ -87,17 +87,30 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, tiny_
     torch.testing.assert_close(module.synthetic.images.detach(), full, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch, tiny_cfg):
+@pytest.mark.parametrize(
+    ("nan_step", "said"),
+    [
+        (2, r"its last checkpoint .*last\.ckpt is intact: fix the setting and rerun on out_dir="),
+        (1, r"no checkpoint was written yet \(the first is due at step 2\)"),
+    ],
+)
+def test_nan_loss_stops_with_clear_error_saying_whether_a_checkpoint_exists(
+    tmp_path, monkeypatch, tiny_cfg, nan_step, said
+):
     original = DistillModule.match_class
 
-    def nan_at_step_2(self, c, *args):
+    def nan_at(self, c, *args):
         loss = original(self, c, *args)
-        return loss * float("nan") if self.global_step == 2 else loss
+        return loss * float("nan") if self.global_step == nan_step else loss
 
-    monkeypatch.setattr(DistillModule, "match_class", nan_at_step_2)
-    with pytest.raises(NonFiniteLossError, match="matching loss is nan for class 0 at step 2"):
+    monkeypatch.setattr(DistillModule, "match_class", nan_at)
+    with pytest.raises(NonFiniteLossError, match=f"loss is nan for class 0 at step {nan_step}.*{said}"):
         distill(tiny_cfg(tmp_path))
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if nan_step == 2:
+        assert torch.load(last, weights_only=False)["global_step"] == 2
+    else:
+        assert not last.exists()
 
 
 @pytest.mark.parametrize("sampler", ["random", "herding", "kcenter"])

@@ -73,7 +73,8 @@ def test_second_run_on_a_busy_folder_refuses_and_the_first_finishes_intact(runs)
     assert_one_line_error(runs.result("intruder"), str(shared), "in use by another run")
     first = runs.result("holder")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert sorted(p.name for p in (shared / "checkpoints").iterdir()) == ["last.ckpt", "step-160.ckpt"]  # no -v1
+    names = sorted(p.name for p in (shared / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step-160.ckpt"]  # no last-v1.ckpt beside them
     assert load_synthetic(shared).config["seed"] == 0  # the first run's set, not the intruder's
     assert not (shared / LOCK_NAME).exists()
 

@@ -52,3 +52,12 @@ def test_train_refuses_a_folder_another_run_holds(tmp_path, tiny_cfg):
     with pytest.raises(RunLockedError):
         train(tiny_cfg(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing was written
+
+
+def test_evaluate_refuses_an_output_folder_another_run_holds(tmp_path, compose_eval):
+    from dream_pl.workflow import evaluate
+
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "t0"}))
+    with pytest.raises(RunLockedError):
+        evaluate(compose_eval(["synthetic=random", "ipc=1", f"out_dir={tmp_path}"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
