@@ -10,8 +10,10 @@ from __future__ import annotations
 import hydra
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from dream_pl.config import ConfigError
+from dream_pl.launch import report_user_errors
 from dream_pl.runner import wandb_offline
 
 VIRIDIS = (("#440154", 0), ("#21918c", 50), ("#fde725", 100))
@@ -84,6 +86,8 @@ def build_workspace(entity: str, project: str, name: str = "DREAM", model: str =
 
 def publish(cfg: DictConfig) -> ws.Workspace:
     """Build the workspace and save it when W&B credentials exist (or ``save=true``)."""
+    if OmegaConf.is_missing(cfg, "entity"):
+        raise ConfigError("entity is missing: python -m dream_pl.dashboard entity=<W&B user or team>")
     workspace = build_workspace(cfg.entity, cfg.project, cfg.name, cfg.model)
     save = (not wandb_offline()) if cfg.save == "auto" else bool(cfg.save)
     if save:
@@ -98,8 +102,8 @@ def publish(cfg: DictConfig) -> ws.Workspace:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="dashboard")
 def main(cfg: DictConfig) -> None:
-    """Console entry."""
-    publish(cfg)
+    """Console entry: a user error is one line and exit status 2."""
+    report_user_errors(lambda: publish(cfg))
 
 
 if __name__ == "__main__":
