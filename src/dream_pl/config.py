@@ -228,6 +228,13 @@ def validate(cfg: DictConfig) -> None:
     for key in ("match_dsa", "net_dsa"):
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
+    if d.class_chunk is not None:
+        _require_int("distill.class_chunk", d.class_chunk, minimum=0, note=" (0 = all classes, or null)")
+    _require(
+        d.image_step == "joint" or d.class_chunk in (None, 1),
+        f"distill.class_chunk={d.class_chunk} cannot batch classes with distill.image_step=per_class (one "
+        "optimiser step after each class is sequential); allowed: 1 or null",
+    )
     precision = str(cfg.trainer.get("precision", "32-true"))
     _require(
         d.image_step == "joint" or precision not in ("16-mixed", "16"),

@@ -22,9 +22,11 @@ from torch import Tensor, nn
 
 from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
 from dream_pl.checkpoints import CONFIG_KEY
+from dream_pl.config import ConfigError
 from dream_pl.data import RealSet
 from dream_pl.diagnostics import selection_diagnostics
 from dream_pl.errors import UserError
+from dream_pl.matchers import supports_batched_classes
 from dream_pl.samplers import Sampler
 from dream_pl.schemas import DistillConfig
 from dream_pl.seeding import derive, generator
@@ -33,6 +35,11 @@ from dream_pl.synthetic import SyntheticData, SyntheticSet
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The matching loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def class_chunks(num_classes: int, chunk: int) -> list[list[int]]:
+    """Consecutive groups of ``chunk`` classes (the last may be smaller), in class order."""
+    return [list(range(c, min(c + chunk, num_classes))) for c in range(0, num_classes, chunk)]
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
@@ -108,6 +115,11 @@ class DistillModule(pl.LightningModule):
 
     def prepare(self) -> None:
         """Move the real set to the module's device and initialise the synthetic set (unless restored)."""
+        if self.cfg.class_chunk not in (None, 1) and not self._can_batch():
+            raise ConfigError(
+                f"distill.class_chunk={self.cfg.class_chunk} needs a matcher with a batched pass and a "
+                "matching network without batch norm; allowed here: 1 (one class at a time) or null"
+            )
         self.real = self.real.to(self.device)
         self.sampler.to(self.device)
         if not bool(self.initialized):
@@ -163,16 +175,19 @@ class DistillModule(pl.LightningModule):
         opt = self._image_optimizer()
         opt.zero_grad()
         t0 = time.perf_counter()
-        losses = []
+        losses: list[Tensor] = []
         last = self.real.num_classes - 1
-        for c in range(self.real.num_classes):
-            loss_c = self.match_class(c, g_cpu, g_dev)
-            self._backward(loss_c)
-            losses.append(loss_c.detach())
+        for classes in class_chunks(self.real.num_classes, self.class_chunk()):
+            if len(classes) == 1:
+                loss = self.match_class(classes[0], g_cpu, g_dev).unsqueeze(0)
+            else:
+                loss = self.match_classes(classes, g_cpu, g_dev)
+            self._backward(loss.sum())
+            losses.extend(loss.detach().unbind())
             if self.cfg.image_step == "per_class":
                 self._check_finite(torch.stack(losses), step)
                 # only the wrapped optimiser counts a Lightning step: the last class's step goes through it
-                (opt if c == last else getattr(opt, "optimizer", opt)).step()
+                (opt if classes[-1] == last else getattr(opt, "optimizer", opt)).step()
                 opt.zero_grad()
         per_class = torch.stack(losses)
         if self.cfg.image_step == "joint":
@@ -197,8 +212,8 @@ class DistillModule(pl.LightningModule):
             "outer": float(outer),
         }
 
-    def match_class(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
-        """Matching loss of class ``c`` against its sampler's real batch, under one shared DSA draw."""
+    def match_inputs(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Class ``c``'s real batch (from its sampler) and synthetic images, under one shared DSA draw."""
         idx = self.sampler.indices(self.real, c, g_cpu).to(self.real.images.device)
         x_real = self.real.class_images(c, idx)
         x_syn = self.synthetic.class_decoded(c)
@@ -207,9 +222,38 @@ class DistillModule(pl.LightningModule):
                 torch.randperm(len(x_syn), generator=g_cpu)[: self.cfg.batch_syn_max].to(self.device)
             ]
         x = self.match_aug(torch.cat([x_real, self.real.normalize(x_syn)]), shared=True, generator=g_dev)
-        y = torch.full((len(x),), c, device=self.device, dtype=torch.long)
-        n = len(x_real)
-        return self.matcher(self.net, x[:n], y[:n], x[n:], y[n:])
+        return x[: len(x_real)], x[len(x_real) :]
+
+    def match_class(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
+        """Matching loss of class ``c`` against its sampler's real batch, under one shared DSA draw."""
+        x_real, x_syn = self.match_inputs(c, g_cpu, g_dev)
+        return self.matcher(
+            self.net, x_real, self._labels(c, len(x_real)), x_syn, self._labels(c, len(x_syn))
+        )
+
+    def match_classes(self, classes: list[int], g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
+        """Losses of several classes in one batched pass ([K]); the same draws and values as one at a time."""
+        inputs = [self.match_inputs(c, g_cpu, g_dev) for c in classes]
+        x_real = torch.stack([xr for xr, _ in inputs])
+        x_syn = torch.stack([xs for _, xs in inputs])
+        y_real = torch.stack([self._labels(c, x_real.shape[1]) for c in classes])
+        y_syn = torch.stack([self._labels(c, x_syn.shape[1]) for c in classes])
+        return self.matcher.batched(self.net, x_real, y_real, x_syn, y_syn)
+
+    def class_chunk(self) -> int:
+        """Classes per matching pass: ``distill.class_chunk``, or (null) all on a GPU and 1 on a CPU."""
+        chunk = self.cfg.class_chunk
+        if self.cfg.image_step == "per_class":
+            return 1  # one optimiser step per class: sequential by nature
+        if chunk is None:
+            chunk = 0 if self.device.type == "cuda" and self._can_batch() else 1
+        return chunk or self.real.num_classes
+
+    def _can_batch(self) -> bool:
+        return hasattr(self.matcher, "batched") and supports_batched_classes(self.net)
+
+    def _labels(self, c: int, n: int) -> Tensor:
+        return torch.full((n,), c, device=self.device, dtype=torch.long)
 
     def train_net(self, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
         """Train the matching network on random real batches (per-sample DSA + CutMix) for n_data samples.

@@ -35,6 +35,7 @@ class DistillConfig:
     net_dsa: str
     net_cutmix_p: float
     image_step: str
+    class_chunk: int | None  # None: every class in one pass on a GPU, one at a time on a CPU
     save_every: int
 
 
