@@ -11,6 +11,7 @@ Run: python benchmarks/step.py [--steps 3] [--width 128] [--embed-subset N]
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -31,6 +32,7 @@ def module_for(sampler: str, args: argparse.Namespace, real: RealSet, spec: Data
         f"model.width={args.width}",
         "ipc=10",
         "init=random",
+        f"distill.class_chunk={'null' if args.class_chunk is None else args.class_chunk}",
     ]
     if sampler == "dream" and args.embed_subset:
         overrides.append(f"sampler.embed_subset={args.embed_subset}")
@@ -63,8 +65,12 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--embed-subset", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--class-chunk", type=int, default=None, help="distill.class_chunk (default: auto)")
+    parser.add_argument("--matmul-precision", default="highest", choices=("highest", "high"))
+    parser.add_argument("--data-dir", default=os.environ.get("DREAM_DATA_DIR"), help="dataset folder")
     args = parser.parse_args()
-    data = load_dataset("fashion_mnist")
+    torch.set_float32_matmul_precision(args.matmul_precision)
+    data = load_dataset("fashion_mnist", args.data_dir)
     real = RealSet.from_data(data, device=args.device)
     random_step = time_steps(module_for("random", args, real, data.spec), args.steps, args.device)
     dream = module_for("dream", args, real, data.spec)
@@ -76,7 +82,11 @@ def main() -> None:
     dream_step = time_steps(dream, args.steps, args.device)
     overhead = (dream_step + cluster / args.interval) / random_step - 1
     threads = torch.get_num_threads()
-    print(f"\nFashionMNIST IPC 10, f 2, ConvNet-3 w{args.width}, {args.device}, {threads} threads")
+    chunk = dream.class_chunk()
+    print(
+        f"\nFashionMNIST IPC 10, f 2, ConvNet-3 w{args.width}, {args.device}, {threads} threads, "
+        f"{chunk} class{'es' * (chunk != 1)} per matching pass, matmul precision {args.matmul_precision}"
+    )
     print("| quantity | seconds |")
     print("|---|---|")
     print(f"| inner step, random sampler | {random_step:.2f} |")

@@ -210,6 +210,15 @@ def test_geometric_op_is_one_per_call(rgb: torch.Tensor) -> None:
     assert not all(changed)
 
 
+def test_choice_generator_alone_picks_the_geometric_op(rgb: torch.Tensor) -> None:
+    """With a CPU choice generator (no device read-back), the op varies with it, the main stream fixed."""
+    aug = DiffAugment("scale_rotate_crop", scale=1.0, rotate_deg=0.0)
+    outs = [aug(rgb, shared=True, generator=_gen(0), choice_generator=_gen(s)) for s in range(12)]
+    changed = [not torch.allclose(out, rgb, rtol=0, atol=1e-4) for out in outs]
+    assert any(changed)
+    assert not all(changed)
+
+
 def _tagged(mnist: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Digits with a second channel holding each image's index, to trace pasted pixels."""
     x, y = mnist

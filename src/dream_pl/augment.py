@@ -151,8 +151,20 @@ class DiffAugment(nn.Module):
         self.crop_ratio, self.scale, self.rotate_deg = crop_ratio, scale, rotate_deg
         self.cutout_ratio, self.flip_p = cutout_ratio, flip_p
 
-    def forward(self, x: Tensor, *, shared: bool, generator: torch.Generator | None = None) -> Tensor:
-        """Augment x: [B, C, H, W]; ``shared`` draws one parameter set for the whole batch."""
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        shared: bool,
+        generator: torch.Generator | None = None,
+        choice_generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Augment x: [B, C, H, W]; ``shared`` draws one parameter set for the whole batch.
+
+        ``choice_generator`` (a CPU generator) draws what picks a code path (the geometric op), so the
+        host never reads a value back from a GPU generator: one device sync fewer per call. Without it,
+        the pick comes from ``generator``.
+        """
         draw = _Draw(x, shared, generator)
         if "flip" in self.tokens:
             x = _flip(x, draw.uniform() < self.flip_p)
@@ -161,7 +173,10 @@ class DiffAugment(nn.Module):
             x = _saturation(x, draw.uniform() * self.saturation)
             x = _contrast(x, draw.uniform() + self.contrast)
         if self.geometric:
-            pick = torch.randint(len(self.geometric), (1,), generator=generator, device=x.device)
+            if choice_generator is None:
+                pick = torch.randint(len(self.geometric), (1,), generator=generator, device=x.device)
+            else:
+                pick = torch.randint(len(self.geometric), (1,), generator=choice_generator)
             x = getattr(self, f"_random_{self.geometric[int(pick.item())]}")(x, draw)
         if "cutout" in self.tokens:
             h, w = x.shape[-2:]

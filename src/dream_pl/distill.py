@@ -24,6 +24,7 @@ from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
 from dream_pl.checkpoints import CONFIG_KEY
 from dream_pl.config import ConfigError
 from dream_pl.data import RealSet
+from dream_pl.data.realset import draw_indices
 from dream_pl.diagnostics import selection_diagnostics
 from dream_pl.errors import UserError
 from dream_pl.matchers import supports_batched_classes
@@ -214,14 +215,17 @@ class DistillModule(pl.LightningModule):
 
     def match_inputs(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> tuple[Tensor, Tensor]:
         """Class ``c``'s real batch (from its sampler) and synthetic images, under one shared DSA draw."""
-        idx = self.sampler.indices(self.real, c, g_cpu).to(self.real.images.device)
+        idx = self.sampler.indices(self.real, c, g_dev)  # drawn where the images live: no host copy
         x_real = self.real.class_images(c, idx)
         x_syn = self.synthetic.class_decoded(c)
         if len(x_syn) > self.cfg.batch_syn_max:
-            x_syn = x_syn[
-                torch.randperm(len(x_syn), generator=g_cpu)[: self.cfg.batch_syn_max].to(self.device)
-            ]
-        x = self.match_aug(torch.cat([x_real, self.real.normalize(x_syn)]), shared=True, generator=g_dev)
+            x_syn = x_syn[draw_indices(len(x_syn), self.cfg.batch_syn_max, g_dev)]
+        x = self.match_aug(
+            torch.cat([x_real, self.real.normalize(x_syn)]),
+            shared=True,
+            generator=g_dev,
+            choice_generator=g_cpu,
+        )
         return x[: len(x_real)], x[len(x_real) :]
 
     def match_class(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
@@ -264,8 +268,8 @@ class DistillModule(pl.LightningModule):
         steps = math.ceil(self.cfg.n_data / self.cfg.batch_real)
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
-            x, y = self.real.sample(self.cfg.batch_real, g_cpu)
-            x = self.net_aug(x, shared=False, generator=g_dev)
+            x, y = self.real.sample(self.cfg.batch_real, g_dev)
+            x = self.net_aug(x, shared=False, generator=g_dev, choice_generator=g_cpu)
             if float(torch.rand((), generator=g_cpu)) < self.cfg.net_cutmix_p:
                 x, y_a, y_b, lam = cutmix(x, y, generator=g_cpu)
                 loss = cutmix_loss(self.net(x), y_a, y_b, lam)

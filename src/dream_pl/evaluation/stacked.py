@@ -126,7 +126,7 @@ class StackedClassifier(pl.LightningModule):
         y = self.labels[idx]
         g = generator(self.seed, "eval_step", self.global_step, "device", device=self.device)
         g_cpu = generator(self.seed, "eval_step", self.global_step, "host")  # CutMix draws: no device sync
-        x = self.aug(x.flatten(0, 1), shared=False, generator=g).view_as(x)
+        x = self.aug(x.flatten(0, 1), shared=False, generator=g, choice_generator=g_cpu).view_as(x)
         cutmix_p = self.protocol.cutmix_p
         if cutmix_p <= 0:
             return F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / b
