@@ -25,6 +25,7 @@ from dream_pl.config import (
     group_options,
     validate,
     validate_against_data,
+    validate_eval,
     validate_evaluation,
 )
 from dream_pl.data import DATASETS, RealSet
@@ -32,7 +33,7 @@ from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
 from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.runner import make_loggers
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
-from dream_pl.workflow import build_module, build_sampler
+from dream_pl.workflow import build_module, build_sampler, build_trainer
 
 Composer = Callable[[Sequence[str]], DictConfig]
 
@@ -251,10 +252,10 @@ def test_every_trainer_builds(compose_train, tmp_path, option):
     cfg = compose_train([f"trainer={option}"])
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         accepted = inspect.signature(pl.Trainer.__init__).parameters
-        assert set(cfg.trainer) - {"_target_"} <= set(accepted)
+        assert set(cfg.trainer) - {"_target_", "matmul_precision"} <= set(accepted)
         pytest.skip("no CUDA device: keys checked against Trainer's signature only")
-    trainer = instantiate(
-        cfg.trainer,
+    trainer = build_trainer(
+        cfg,
         max_steps=1,
         max_epochs=-1,
         logger=False,
@@ -356,7 +357,7 @@ def test_validate_rejects_values_of_the_wrong_type(compose_train, override, name
 @pytest.mark.parametrize(
     ("overrides", "key", "allowed"),
     [
-        (["distill.class_chunk=4"], "distill.class_chunk", ["inner_loops", "lr_size_base", "n_data"]),
+        (["distill.class_chunks=4"], "distill.class_chunks", ["inner_loops", "lr_size_base", "n_data"]),
         (["distill.lr_imgg=1"], "distill.lr_imgg", ["lr_img"]),
         (["evaluation.epoch=3"], "evaluation.epoch", ["epochs", "repeats", "stacked", "periodic"]),
         (["evaluation.periodic.epoch=3"], "evaluation.periodic.epoch", ["epochs", "repeats"]),
@@ -510,3 +511,19 @@ def test_known_options_and_plain_keys_pass():
             "model=choice(convnet,resnet10)",
         ]
     )
+
+
+def test_class_chunk_is_a_non_negative_integer_and_only_with_joint_image_steps(compose_train):
+    validate(compose_train(["distill.class_chunk=0"]))
+    validate(compose_train(["distill.class_chunk=1", "distill.image_step=per_class"]))
+    with pytest.raises(ConfigError, match=r"distill\.class_chunk=-1 must be an integer >= 0"):
+        validate(compose_train(["distill.class_chunk=-1"]))
+    with pytest.raises(ConfigError, match=r"class_chunk=0 cannot batch classes with distill\.image_step"):
+        validate(compose_train(["distill.class_chunk=0", "distill.image_step=per_class"]))
+
+
+def test_matmul_precision_names_the_allowed_values(compose_train, compose_eval):
+    with pytest.raises(ConfigError, match=r"matmul_precision='medium' is not allowed; allowed: highest, high"):
+        validate(compose_train(["trainer.matmul_precision=medium"]))
+    with pytest.raises(ConfigError, match=r"trainer\.matmul_precision"):
+        validate_eval(compose_eval(["synthetic=random", "trainer.matmul_precision=medium"]))

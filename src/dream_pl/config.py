@@ -42,6 +42,7 @@ GROUPS = (
 )
 EVALUATION_RUN_KEYS = ("enabled", "models", "baseline", "periodic")  # the block's keys beyond the protocol
 PERIODIC_KEYS = ("epochs", "repeats")
+MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision: strict fp32 | TF32
 T = TypeVar("T")
 
 
@@ -235,6 +236,9 @@ def validate(cfg: DictConfig) -> None:
         f"distill.class_chunk={d.class_chunk} cannot batch classes with distill.image_step=per_class (one "
         "optimiser step after each class is sequential); allowed: 1 or null",
     )
+    _check_choice(
+        "trainer.matmul_precision", cfg.trainer.get("matmul_precision", "highest"), ("highest", "high")
+    )
     precision = str(cfg.trainer.get("precision", "32-true"))
     _require(
         d.image_step == "joint" or precision not in ("16-mixed", "16"),
@@ -307,6 +311,11 @@ def validate_evaluation(ev: DictConfig) -> None:
     _require(0.0 <= float(ev.cutmix_p) <= 1.0, f"evaluation.cutmix_p={ev.cutmix_p} must be in [0, 1]")
 
 
+def _check_matmul_precision(cfg: DictConfig) -> None:
+    value = cfg.trainer.get("matmul_precision", "highest")
+    _check_choice("trainer.matmul_precision", value, MATMUL_PRECISIONS)
+
+
 def validate_eval(cfg: DictConfig) -> None:
     """Range and name checks on a composed ``dream_pl.evaluate`` config (no data needed)."""
     from dream_pl.evaluation.sets import BASELINES
@@ -317,6 +326,7 @@ def validate_eval(cfg: DictConfig) -> None:
     _require_int("repeats", cfg.repeats)
     validate_evaluation(cfg.evaluation)
     check_model_block(cfg.model, cfg.dataset)
+    _check_matmul_precision(cfg)
     target = str(cfg.synthetic)
     if target not in BASELINES and not Path(target).exists():
         raise ConfigError(

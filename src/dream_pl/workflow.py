@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -130,6 +131,13 @@ def checkpoint_state(out: Path, every: int) -> str:
     return f"no checkpoint was written yet (the first is due at step {every})"
 
 
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The ``trainer`` block's Trainer; its ``matmul_precision`` is torch's, set for the whole process."""
+    knobs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    torch.set_float32_matmul_precision(knobs.pop("matmul_precision", "highest"))
+    return instantiate(knobs, **kwargs)
+
+
 def resume_note(resume: Path | None, cfg: DictConfig) -> str:
     """How the run starts: afresh, or from which checkpoint."""
     total = cfg.iterations * cfg.distill.inner_loops
@@ -151,8 +159,8 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
     module = build_module(cfg, real, data.spec)
     try:
         with quiet_lightning():  # Lightning's device banner and tips; the run says what matters itself
-            trainer = instantiate(
-                cfg.trainer,
+            trainer = build_trainer(
+                cfg,
                 max_steps=cfg.iterations * cfg.distill.inner_loops,
                 max_epochs=-1,
                 callbacks=distill_callbacks(cfg, out, data),
@@ -226,6 +234,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     validate_eval(cfg)
     out = output_dir(cfg)
     with RunLock(out):
+        torch.set_float32_matmul_precision(cfg.trainer.get("matmul_precision", "highest"))
         pl.seed_everything(cfg.seed, verbose=False)
         real = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
         rows = evaluate_sets(cfg, real, evaluation_sets(cfg, real))
