@@ -523,7 +523,9 @@ def test_class_chunk_is_a_non_negative_integer_and_only_with_joint_image_steps(c
 
 
 def test_matmul_precision_names_the_allowed_values(compose_train, compose_eval):
-    with pytest.raises(ConfigError, match=r"matmul_precision='medium' is not allowed; allowed: highest, high"):
+    with pytest.raises(
+        ConfigError, match=r"matmul_precision='medium' is not allowed; allowed: highest, high"
+    ):
         validate(compose_train(["trainer.matmul_precision=medium"]))
     with pytest.raises(ConfigError, match=r"trainer\.matmul_precision"):
         validate_eval(compose_eval(["synthetic=random", "trainer.matmul_precision=medium"]))
