@@ -31,6 +31,7 @@ from dream_pl.matchers import supports_batched_classes
 from dream_pl.samplers import Sampler
 from dream_pl.schemas import DistillConfig
 from dream_pl.seeding import derive, generator
+from dream_pl.sharding import Shard
 from dream_pl.synthetic import SyntheticData, SyntheticSet
 
 
@@ -38,9 +39,9 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The matching loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-def class_chunks(num_classes: int, chunk: int) -> list[list[int]]:
-    """Consecutive groups of ``chunk`` classes (the last may be smaller), in class order."""
-    return [list(range(c, min(c + chunk, num_classes))) for c in range(0, num_classes, chunk)]
+def class_chunks(classes: list[int], chunk: int) -> list[list[int]]:
+    """Consecutive groups of ``chunk`` of ``classes`` (the last may be smaller), in order."""
+    return [classes[i : i + chunk] for i in range(0, len(classes), chunk)]
 
 
 def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
@@ -93,6 +94,7 @@ class DistillModule(pl.LightningModule):
         self.match_aug = DiffAugment(cfg.match_dsa)
         self.net_aug = DiffAugment(cfg.net_dsa)
         self._standalone_opt: torch.optim.Optimizer | None = None
+        self.shard = Shard(0, 1, tuple(range(real.num_classes)))  # set for real in prepare()
         self._new_net(outer=0)
 
     # ----------------------------------------------------------------- setup
@@ -121,6 +123,12 @@ class DistillModule(pl.LightningModule):
                 f"distill.class_chunk={self.cfg.class_chunk} needs a matcher with a batched pass and a "
                 "matching network without batch norm; allowed here: 1 (one class at a time) or null"
             )
+        self.shard = Shard.current(self.real.num_classes)
+        if self.shard.sharded and self.cfg.image_step == "per_class":
+            raise ConfigError(
+                "distill.image_step=per_class steps the images after each class in turn, which classes "
+                "sharded over processes cannot do; allowed with trainer=ddp: joint"
+            )
         self.real = self.real.to(self.device)
         self.sampler.to(self.device)
         if not bool(self.initialized):
@@ -134,6 +142,8 @@ class DistillModule(pl.LightningModule):
             with torch.no_grad():
                 self.synthetic.images.copy_(images)
             self.initialized.fill_(True)
+        # every process starts from rank 0's images and network (replicated work may differ in the last bit)
+        self.shard.broadcast_([self.synthetic.images.data, *(p.data for p in self.net.parameters())])
 
     def on_fit_start(self) -> None:
         """:meth:`prepare` on the Trainer's device."""
@@ -150,7 +160,12 @@ class DistillModule(pl.LightningModule):
         Returns the statistics to log (keys relative to ``distill/``).
         """
         start = time.perf_counter()
-        stats = self.sampler.refresh(self.net, self.real, seed=derive(self.cfg.seed, "cluster", step))
+        seed = derive(self.cfg.seed, "cluster", step)
+        stats = self.sampler.refresh(self.net, self.real, seed=seed, classes=list(self.shard.classes))
+        if self.shard.sharded:  # every process keeps every class's selection: checkpoints need it
+            merged = self.shard.merge(self.sampler.owned(self.shard.classes))
+            self.sampler.adopt(self.real.num_classes, merged)
+            self.sampler.to(self.device)
         return {"time/cluster_s": time.perf_counter() - start} | {f"cluster/{k}": v for k, v in stats.items()}
 
     def distill_step(self, step: int) -> dict[str, Tensor | float]:
@@ -171,28 +186,27 @@ class DistillModule(pl.LightningModule):
         outer, inner = divmod(step, self.cfg.inner_loops)
         if inner == 0:
             self.synthetic.clamp_()
-        g_cpu = generator(self.cfg.seed, "step", step, "host")
-        g_dev = generator(self.cfg.seed, "step", step, "device", device=self.device)
         opt = self._image_optimizer()
         opt.zero_grad()
         t0 = time.perf_counter()
         losses: list[Tensor] = []
-        last = self.real.num_classes - 1
-        for classes in class_chunks(self.real.num_classes, self.class_chunk()):
+        owned = list(self.shard.classes)
+        for classes in class_chunks(owned, self.class_chunk()):
             if len(classes) == 1:
-                loss = self.match_class(classes[0], g_cpu, g_dev).unsqueeze(0)
+                loss = self.match_class(classes[0], step).unsqueeze(0)
             else:
-                loss = self.match_classes(classes, g_cpu, g_dev)
+                loss = self.match_classes(classes, step)
             self._backward(loss.sum())
             losses.extend(loss.detach().unbind())
             if self.cfg.image_step == "per_class":
                 self._check_finite(torch.stack(losses), step)
                 # only the wrapped optimiser counts a Lightning step: the last class's step goes through it
-                (opt if classes[-1] == last else getattr(opt, "optimizer", opt)).step()
+                (opt if classes[-1] == owned[-1] else getattr(opt, "optimizer", opt)).step()
                 opt.zero_grad()
-        per_class = torch.stack(losses)
+        per_class = self._all_classes(owned, losses)
         if self.cfg.image_step == "joint":
             self._check_finite(per_class, step)
+            self._sum_image_gradient()
             opt.step()
         t1 = time.perf_counter()
         # the network's batches come from streams of their own, so which sampler matches (and how many
@@ -213,8 +227,14 @@ class DistillModule(pl.LightningModule):
             "outer": float(outer),
         }
 
-    def match_inputs(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Class ``c``'s real batch (from its sampler) and synthetic images, under one shared DSA draw."""
+    def match_inputs(self, c: int, step: int) -> tuple[Tensor, Tensor]:
+        """Class ``c``'s real batch (from its sampler) and synthetic images, under one shared DSA draw.
+
+        Every draw comes from class ``c``'s own streams of this step, so a class's batch is the same
+        whichever other classes are matched before it (one at a time, batched, or on another process).
+        """
+        g_cpu = generator(self.cfg.seed, "step", step, "host", c)
+        g_dev = generator(self.cfg.seed, "step", step, "device", c, device=self.device)
         idx = self.sampler.indices(self.real, c, g_dev)  # drawn where the images live: no host copy
         x_real = self.real.class_images(c, idx)
         x_syn = self.synthetic.class_decoded(c)
@@ -228,16 +248,16 @@ class DistillModule(pl.LightningModule):
         )
         return x[: len(x_real)], x[len(x_real) :]
 
-    def match_class(self, c: int, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
+    def match_class(self, c: int, step: int) -> Tensor:
         """Matching loss of class ``c`` against its sampler's real batch, under one shared DSA draw."""
-        x_real, x_syn = self.match_inputs(c, g_cpu, g_dev)
+        x_real, x_syn = self.match_inputs(c, step)
         return self.matcher(
             self.net, x_real, self._labels(c, len(x_real)), x_syn, self._labels(c, len(x_syn))
         )
 
-    def match_classes(self, classes: list[int], g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
+    def match_classes(self, classes: list[int], step: int) -> Tensor:
         """Losses of several classes in one batched pass ([K]); the same draws and values as one at a time."""
-        inputs = [self.match_inputs(c, g_cpu, g_dev) for c in classes]
+        inputs = [self.match_inputs(c, step) for c in classes]
         x_real = torch.stack([xr for xr, _ in inputs])
         x_syn = torch.stack([xs for _, xs in inputs])
         y_real = torch.stack([self._labels(c, x_real.shape[1]) for c in classes])
@@ -251,10 +271,25 @@ class DistillModule(pl.LightningModule):
             return 1  # one optimiser step per class: sequential by nature
         if chunk is None:
             chunk = 0 if self.device.type == "cuda" and self._can_batch() else 1
-        return chunk or self.real.num_classes
+        return chunk or max(len(self.shard.classes), 1)
 
     def _can_batch(self) -> bool:
         return hasattr(self.matcher, "batched") and supports_batched_classes(self.net)
+
+    def _all_classes(self, owned: list[int], losses: list[Tensor]) -> Tensor:
+        """Every class's loss ([K]): this process's, plus (classes sharded) the other processes'."""
+        per_class = torch.zeros(self.real.num_classes, device=self.device)
+        if losses:
+            per_class[torch.tensor(owned, device=self.device)] = torch.stack(losses)
+        return self.shard.sum_(per_class)
+
+    def _sum_image_gradient(self) -> None:
+        """Classes sharded: add the other processes' classes' gradients, so every process steps alike."""
+        if self.shard.sharded:
+            images = self.synthetic.images
+            if images.grad is None:
+                images.grad = torch.zeros_like(images)
+            self.shard.sum_(images.grad)
 
     def _labels(self, c: int, n: int) -> Tensor:
         return torch.full((n,), c, device=self.device, dtype=torch.long)
@@ -277,6 +312,7 @@ class DistillModule(pl.LightningModule):
                 loss = F.cross_entropy(self.net(x), y)
             self.net_opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.shard.average_gradients_(self.net)
             self.net_opt.step()
             total += loss.detach()
         return total / steps

@@ -13,6 +13,7 @@ checkpoints and results they describe (an earlier attempt's ``.hydra/`` is kept 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import sys
@@ -31,7 +32,17 @@ from dream_pl.runlock import LOCK_NAME, RunLock
 T = TypeVar("T")
 USER_ERRORS = (UserError, FileNotFoundError)  # FileNotFoundError: a path the user gave is not there
 HYDRA_FLAGS = ("-m", "--multirun")  # the only flags the pre-check understands; others go to Hydra alone
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by DDP launchers
 Preflight = Callable[[DictConfig, bool], Path | None]  # (job's config, multirun): its run folder if known
+
+
+def launched_rank_zero() -> bool:
+    """Whether a launcher counts this process as rank 0 (or there is no launcher).
+
+    Lightning's DDP re-runs the command once per extra process (``LOCAL_RANK`` > 0); torchrun and SLURM
+    set ``RANK`` / ``SLURM_PROCID``. Only rank 0 checks, locks and keeps the history of the run folder.
+    """
+    return all(os.environ.get(key, "0") == "0" for key in RANK_VARIABLES)
 
 
 def report_user_errors(fn: Callable[[], T]) -> T:
@@ -232,7 +243,13 @@ def run_job(cfg: DictConfig, fn: Callable[[], T]) -> T:
 
 
 def launch(config_name: str, preflight: Preflight, hydra_main: Callable[[], object]) -> None:
-    """Pre-check ``sys.argv`` (every job), then run ``hydra_main`` in ``out_dir`` when it is set."""
+    """Pre-check ``sys.argv`` (every job), then run ``hydra_main`` in ``out_dir`` when it is set.
+
+    A DDP process other than rank 0 runs the command rank 0 already checked: straight to the job.
+    """
+    if not launched_rank_zero():
+        hydra_main()
+        return
     folder = report_user_errors(lambda: preflight_all(config_name, sys.argv[1:], preflight))
     if folder is not None:
         keep_hydra_history(folder)

@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
+from dream_pl.launch import launched_rank_zero
+
 log = logging.getLogger("dream_pl.runner")
 
 
@@ -64,7 +66,7 @@ def make_loggers(cfg: DictConfig, save_dir: Path, job_type: str) -> list[Logger]
             extra |= {"job_type": job_type, "group": sweep_group(cfg), "offline": wandb_offline()}
         loggers.append(instantiate(node, **extra))
     for logger in loggers:
-        if isinstance(logger, CSVLogger):
+        if isinstance(logger, CSVLogger) and launched_rank_zero():
             kept = keep_metrics_history(Path(logger.log_dir))
             if kept is not None:
                 log.info("previous attempt's metrics kept as %s", kept)

@@ -8,6 +8,7 @@ checks as the command line's pre-check), holds its run folder's lock, and writes
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from dream_pl.evaluation.sets import (
 )
 from dream_pl.evaluation.suite import evaluate_sets, network_for, protocol_from, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
-from dream_pl.launch import output_dir
+from dream_pl.launch import launched_rank_zero, output_dir
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runlock import RunLock
 from dream_pl.runner import make_loggers, plain_config
@@ -195,10 +196,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     The run folder is locked for the whole run: a second run on the same ``out_dir`` refuses at once.
     """
     validate(cfg)
-    with RunLock(output_dir(cfg)):
+    with RunLock(output_dir(cfg)) if launched_rank_zero() else nullcontext():
         module, trainer, out, data = distill(cfg)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.evaluation.enabled:
+        if cfg.evaluation.enabled and trainer.is_global_zero:
             scores = evaluate_run(cfg, module, out, data)
             for logger in trainer.loggers:
                 logger.log_metrics(scores, step=trainer.global_step)

@@ -27,9 +27,14 @@ class SyntheticExport(pl.Callback):
         self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
 
     def export(self, pl_module: pl.LightningModule, name: str = "synthetic") -> Path:
-        """Write the current synthetic set as ``<name>.pt`` and ``<name>.png``; returns the ``.pt`` path."""
-        data = pl_module.export()
+        """Write the current synthetic set as ``<name>.pt`` and ``<name>.png``; returns the ``.pt`` path.
+
+        Written by rank 0 alone when processes share the run (they all hold the same set).
+        """
         path = self.dirpath / f"{name}.pt"
+        if pl_module.global_rank != 0:
+            return path
+        data = pl_module.export()
         save_synthetic(path, data)
         grid = self.dirpath / f"{name}.png"
         save_grid(grid, data.images, data.labels)

@@ -35,7 +35,9 @@ class PeriodicEvaluation(pl.Callback):
         self.history: list[dict[str, float]] = []
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration."""
+        """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration (rank 0 only)."""
+        if trainer.global_rank != 0:
+            return
         data = pl_module.export()
         result = self.evaluate(data.images, data.labels, protocol=self.protocol)
         outer = trainer.global_step / self.inner_loops

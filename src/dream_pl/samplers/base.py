@@ -26,9 +26,14 @@ class Sampler(ABC):
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """Within-class indices of class ``c``'s next matching batch."""
 
-    def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
-        """Recompute any selection from the current network (``seed``: this event's); returns stats to log."""
-        del net, real, seed
+    def refresh(
+        self, net: nn.Module, real: RealSet, *, seed: int, classes: list[int] | None = None
+    ) -> dict[str, float]:
+        """Recompute any selection from the current network (``seed``: this event's); returns stats to log.
+
+        ``classes``: only these (a process's share when classes are sharded); default all.
+        """
+        del net, real, seed, classes
         return {}
 
     def batch_size(self) -> int:
@@ -46,6 +51,15 @@ class Sampler(ABC):
     def to(self, device: torch.device) -> None:
         """Move any held selection to ``device``."""
         del device
+
+    def owned(self, classes: tuple[int, ...]) -> dict[int, Tensor]:
+        """The selections of ``classes`` (what this process refreshed when classes are sharded)."""
+        del classes
+        return {}
+
+    def adopt(self, num_classes: int, selections: dict[int, Tensor]) -> None:
+        """Take other processes' selections, so every process holds every class's (checkpoints need it)."""
+        del num_classes, selections
 
 
 class SelectionSampler(Sampler):
@@ -93,18 +107,25 @@ class SelectionSampler(Sampler):
         """Features of class ``c``'s candidates (all its images when ``candidates`` is None)."""
         return embed_class(net, real, c, indices=candidates, chunk=self.embed_chunk, inputs=self.features)
 
-    def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
-        """Embed every class, select its batch; returns the classes' mean selection statistics."""
-        selection, stats = [], []
-        for c in range(real.num_classes):
+    def refresh(
+        self, net: nn.Module, real: RealSet, *, seed: int, classes: list[int] | None = None
+    ) -> dict[str, float]:
+        """Embed every class (of ``classes``), select its batch; returns the classes' mean statistics."""
+        stats = []
+        for c in range(real.num_classes) if classes is None else classes:
             cand = self.candidates(real, c, seed)
             features = self.embed(net, real, c, cand)
             chosen, extra = self.select(features, seed=derive(seed, "select", c))
             stats.append(extra | selection_quality(features, chosen))
             chosen = chosen.to(real.images.device)
-            selection.append(chosen if cand is None else cand[chosen])
-        self.selection = selection
+            self.store(real.num_classes, c, chosen if cand is None else cand[chosen])
         return mean_stats(stats)
+
+    def store(self, num_classes: int, c: int, indices: Tensor) -> None:
+        """Set class ``c``'s selection (the list grows to ``num_classes`` entries on first use)."""
+        if len(self.selection) < num_classes:
+            self.selection += [torch.empty(0, dtype=torch.long)] * (num_classes - len(self.selection))
+        self.selection[c] = indices
 
     def state_dict(self) -> dict[str, Any]:
         """The current per-class selection."""
@@ -117,6 +138,15 @@ class SelectionSampler(Sampler):
     def to(self, device: torch.device) -> None:
         """Move the selection to ``device``."""
         self.selection = [s.to(device) for s in self.selection]
+
+    def owned(self, classes: tuple[int, ...]) -> dict[int, Tensor]:
+        """The selections of ``classes``, on the CPU (to be sent to the other processes)."""
+        return {c: self.selection[c].cpu() for c in classes}
+
+    def adopt(self, num_classes: int, selections: dict[int, Tensor]) -> None:
+        """Store every class's selection received from the processes that made it."""
+        for c, indices in selections.items():
+            self.store(num_classes, c, indices)
 
 
 def selection_quality(features: Tensor, chosen: Tensor) -> dict[str, float]:

@@ -65,31 +65,32 @@ class RepresentativeSampler(SelectionSampler):
         chosen = nearest_to_centres(features, result.centroids, self.n_per_cluster).flatten()
         return chosen, {"lloyd_iterations": float(result.iterations)}
 
-    def refresh(self, net: nn.Module, real: RealSet, *, seed: int) -> dict[str, float]:
+    def refresh(
+        self, net: nn.Module, real: RealSet, *, seed: int, classes: list[int] | None = None
+    ) -> dict[str, float]:
         """Per-class faiss K-means, or the torch backend on all classes at once (grouped to bound memory)."""
         probe = real.images[:1].float()
         if resolve_backend(self.backend, probe) == "faiss":
-            return super().refresh(net, real, seed=seed)
-        cands = [self.candidates(real, c, seed) for c in range(real.num_classes)]
-        feats = [self.embed(net, real, c, cand) for c, cand in enumerate(cands)]
-        selection: list[Tensor] = []
+            return super().refresh(net, real, seed=seed, classes=classes)
+        classes = list(range(real.num_classes)) if classes is None else classes
+        cands = [self.candidates(real, c, seed) for c in classes]
+        feats = [self.embed(net, real, c, cand) for c, cand in zip(classes, cands, strict=True)]
         stats: list[dict[str, float]] = []
         for group in _class_groups([f.shape for f in feats]):
             results = batched_kmeans(
-                _pad([feats[c] for c in group]),
+                _pad([feats[i] for i in group]),
                 self.n_clusters,
-                mask=_mask([len(feats[c]) for c in group], probe.device),
+                mask=_mask([len(feats[i]) for i in group], probe.device),
                 max_iter=self.max_iter,
-                seeds=[derive(seed, "select", c) for c in group],
+                seeds=[derive(seed, "select", classes[i]) for i in group],
                 init=self.kmeans_init,
             )
-            for c, result in zip(group, results, strict=True):
-                chosen = nearest_to_centres(feats[c], result.centroids, self.n_per_cluster).flatten()
+            for i, result in zip(group, results, strict=True):
+                chosen = nearest_to_centres(feats[i], result.centroids, self.n_per_cluster).flatten()
                 stats.append(
-                    {"lloyd_iterations": float(result.iterations)} | selection_quality(feats[c], chosen)
+                    {"lloyd_iterations": float(result.iterations)} | selection_quality(feats[i], chosen)
                 )
-                selection.append(chosen if cands[c] is None else cands[c][chosen])
-        self.selection = selection
+                self.store(real.num_classes, classes[i], chosen if cands[i] is None else cands[i][chosen])
         return mean_stats(stats)
 
 

@@ -1,0 +1,102 @@
+"""Classes sharded over processes: which process owns which classes, and the few collectives the loop needs.
+
+Under ``trainer=ddp`` every process matches and clusters only its own classes (class c belongs to rank
+c mod k, so class counts stay balanced). The synthetic images' gradient and the per-class losses are summed
+over processes (each class's comes from exactly one), so every process takes the same image step and holds
+the same synthetic set; the matching network is built from the same seed and trained on the same batches
+everywhere, its gradients averaged so that no process can drift. Every process therefore holds the whole
+state: a checkpoint needs no gather, and a run resumes on any number of processes. Every random draw of a
+class comes from that class's own stream, so the result does not depend on how classes are dealt out.
+
+What is not sharded (yet): the real set (every process holds all of it), the matching network's own
+training (replicated) and the K-means initialisation (replicated, then broadcast from rank 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from pytorch_lightning.strategies import DDPStrategy
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's rank, the number of processes, and the classes it owns."""
+
+    rank: int
+    world: int
+    classes: tuple[int, ...]
+
+    @classmethod
+    def current(cls, num_classes: int) -> Shard:
+        """The shard of this process (rank 0 of 1 without an initialised process group)."""
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+        return cls(rank, world, owned_classes(num_classes, rank, world))
+
+    @property
+    def sharded(self) -> bool:
+        """Whether more than one process shares the classes."""
+        return self.world > 1
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        """In place: the sum over processes (each class's share comes from one process)."""
+        if self.sharded:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def average_gradients_(self, module: nn.Module) -> None:
+        """Average the gradients of ``module`` over processes (a replicated network stays replicated)."""
+        if not self.sharded:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_(self, tensors: list[Tensor]) -> None:
+        """Rank 0's values in place on every process."""
+        if self.sharded:
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
+    def merge(self, owned: dict[int, Any]) -> dict[int, Any]:
+        """Every process's ``{class: value}`` for its own classes, merged (small values: selections)."""
+        if not self.sharded:
+            return dict(owned)
+        parts: list[dict[int, Any]] = [{} for _ in range(self.world)]
+        dist.all_gather_object(parts, owned)
+        return {c: value for part in parts for c, value in part.items()}
+
+
+def distributed() -> bool:
+    """Whether a process group is initialised (Lightning's DDP strategies initialise one)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def owned_classes(num_classes: int, rank: int, world: int) -> tuple[int, ...]:
+    """The classes of ``rank`` out of ``world`` processes: c mod world == rank.
+
+    >>> owned_classes(10, 1, 4)
+    (1, 5, 9)
+    """
+    return tuple(range(rank, num_classes, world))
+
+
+class ClassShardedDDP(DDPStrategy):
+    """Lightning's DDP processes and process group, without ``DistributedDataParallel``'s wrapper.
+
+    The distillation module syncs exactly what it shares (:class:`Shard`); DDP's automatic gradient
+    averaging would instead average the synthetic images' gradient (each class's comes from one process)
+    and expects one backward per step, where a distillation step has one per class and network update.
+    """
+
+    def configure_ddp(self) -> None:
+        """Keep the LightningModule unwrapped: no gradient hooks, no parameter broadcast by DDP."""

@@ -1,0 +1,77 @@
+"""Classes sharded over processes (``trainer=ddp``, gloo on the CPU): the same run as one process.
+
+The two runs are compared with one thread per process (``OMP_NUM_THREADS=1``): a different thread count
+changes float reduction order, which can flip which image is nearest a K-means centre; with equal thread
+counts the sharded run equals the single-process run bit for bit.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from clitools import HANG_S
+
+from dream_pl.sharding import Shard, owned_classes
+from dream_pl.synthetic import load_synthetic
+
+RUN = (
+    "ipc=1",
+    "model.width=8",
+    "distill.inner_loops=3",
+    "distill.n_data=32",
+    "distill.batch_real=16",
+    "distill.save_every=1",
+    "distill.lr_img=3",  # the images move by O(1) in a few steps, so a difference could not hide
+    "sampler.interval=2",
+    "sampler.embed_subset=100",
+    "sampler.n_clusters=16",
+    "init=random",
+    "evaluation.enabled=false",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+)
+DDP = ("trainer=ddp", "trainer.devices=2")
+
+
+def train(out: Path, *extra: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_pl.train", *RUN, *extra, f"out_dir={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_owned_classes_are_dealt_round_robin_and_cover_every_class_once():
+    shares = [owned_classes(10, rank, 3) for rank in range(3)]
+    assert shares == [(0, 3, 6, 9), (1, 4, 7), (2, 5, 8)]
+    assert sorted(c for share in shares for c in share) == list(range(10))
+    assert owned_classes(2, 3, 4) == ()  # more processes than classes: some own none
+
+
+def test_without_a_process_group_one_process_owns_every_class():
+    shard = Shard.current(5)
+    assert (shard.rank, shard.world, shard.classes, shard.sharded) == (0, 1, (0, 1, 2, 3, 4), False)
+    grad = torch.ones(3)
+    assert shard.sum_(grad) is grad  # a no-op
+
+
+def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path):
+    train(tmp_path / "two", *DDP, "iterations=2")
+    train(tmp_path / "one", "iterations=2")
+    two, one = load_synthetic(tmp_path / "two"), load_synthetic(tmp_path / "one")
+    moved = (one.images - load_synthetic(tmp_path / "one" / "synthetic_init.pt").images).abs().max()
+    assert moved > 0.5
+    torch.testing.assert_close(two.images, one.images, rtol=0, atol=1e-6)
+    # a run checkpointed on two processes resumes on one and ends as the uninterrupted run
+    train(tmp_path / "moved", *DDP, "iterations=1")
+    train(tmp_path / "moved", "iterations=2")
+    torch.testing.assert_close(load_synthetic(tmp_path / "moved").images, one.images, rtol=0, atol=1e-6)
+    logs = sorted(p.name for p in (tmp_path / "two").glob("*.log"))
+    assert logs == ["train.log", "train_ddp_process_1.log"]  # both processes wrote into the one run folder
