@@ -181,3 +181,17 @@ def test_results_are_written_readable_like_the_pngs(tmp_path):
         os.umask(old)
     assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "s.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_ddp_processes_other_than_rank_zero_skip_the_checks_and_join_rank_zeros_folder(monkeypatch, tmp_path):
+    from dream_pl.launch import follower_overrides, launched_rank_zero
+
+    assert launched_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not launched_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "3")  # torchrun
+    assert not launched_rank_zero()
+    overrides = follower_overrides("train", [f"out_dir={tmp_path}", "ipc=1"])
+    assert overrides == [f"hydra.run.dir='{tmp_path.resolve()}'", "hydra.output_subdir=null"]
+    assert follower_overrides("train", ["ipc=1"]) == ["hydra.output_subdir=null"]

@@ -242,12 +242,25 @@ def run_job(cfg: DictConfig, fn: Callable[[], T]) -> T:
         raise
 
 
+def follower_overrides(config_name: str, argv: list[str]) -> list[str]:
+    """A DDP process other than rank 0 writes its log into rank 0's run folder and no ``.hydra/`` of its own.
+
+    Lightning's own launcher adds its overrides after these (and wins); torchrun and SLURM start every
+    process with the same command, so without this each would make a run folder of its own.
+    """
+    planned = job_overrides(argv)
+    out = compose_job(config_name, planned[0][0]).get("out_dir") if planned else None
+    run_dir = [f"hydra.run.dir={_hydra_override_value(Path(out).resolve())}"] if out else []
+    return [*run_dir, "hydra.output_subdir=null"]
+
+
 def launch(config_name: str, preflight: Preflight, hydra_main: Callable[[], object]) -> None:
     """Pre-check ``sys.argv`` (every job), then run ``hydra_main`` in ``out_dir`` when it is set.
 
     A DDP process other than rank 0 runs the command rank 0 already checked: straight to the job.
     """
     if not launched_rank_zero():
+        sys.argv += follower_overrides(config_name, sys.argv[1:])
         hydra_main()
         return
     folder = report_user_errors(lambda: preflight_all(config_name, sys.argv[1:], preflight))
