@@ -5,6 +5,7 @@ changes float reduction order, which can flip which image is nearest a K-means c
 counts the sharded run equals the single-process run bit for bit.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -36,14 +37,14 @@ RUN = (
 DDP = ("trainer=ddp", "trainer.devices=2")
 
 
-def train(out: Path, *extra: str) -> None:
+def train(out: Path, *extra: str, limit: float = HANG_S) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "dream_pl.train", *RUN, *extra, f"out_dir={out}"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=HANG_S,
+        timeout=limit,
     )
     assert run.returncode == 0, run.stderr[-3000:]
 
@@ -75,3 +76,17 @@ def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path
     torch.testing.assert_close(load_synthetic(tmp_path / "moved").images, one.images, rtol=0, atol=1e-6)
     logs = sorted(p.name for p in (tmp_path / "two").glob("*.log"))
     assert logs == ["train.log", "train_ddp_process_1.log"]  # both processes wrote into the one run folder
+
+
+def test_rank_zero_evaluates_inside_a_sharded_run(tmp_path):
+    """Periodic and final evaluation run on rank 0 alone; their metrics must not wait for rank 1.
+
+    torchmetrics syncs over every initialised process group by default; rank 1 never computes the
+    evaluator's accuracy, so that sync would hang the run (it did, before ``sync_on_compute=False``).
+    """
+    evaluation = ("evaluation.enabled=true", "eval_every=1", "evaluation.periodic.epochs=2")
+    tiny = ("evaluation.epochs=2", "evaluation.repeats=1", "logger=csv")
+    train(tmp_path / "ev", *DDP, "iterations=2", *evaluation, *tiny, limit=900)
+    rows = {row["set"] for row in json.loads((tmp_path / "ev" / "eval.json").read_text())}
+    assert "distilled" in rows
+    assert (tmp_path / "ev" / "csv" / "metrics.csv").is_file()

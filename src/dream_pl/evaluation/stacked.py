@@ -90,7 +90,9 @@ class StackedClassifier(pl.LightningModule):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.aug = DiffAugment(protocol.dsa)
         self.test_acc = nn.ModuleList(
-            MulticlassAccuracy(num_classes, average="micro") for _ in range(self.repeats)
+            # an evaluation is one process's own, also inside a DDP run: no cross-process sync on compute
+            MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False)
+            for _ in range(self.repeats)
         )
 
     def logits(self, x: Tensor) -> Tensor:
