@@ -78,15 +78,19 @@ def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path
     assert logs == ["train.log", "train_ddp_process_1.log"]  # both processes wrote into the one run folder
 
 
-def test_rank_zero_evaluates_inside_a_sharded_run(tmp_path):
-    """Periodic and final evaluation run on rank 0 alone; their metrics must not wait for rank 1.
+def test_the_evaluation_is_dealt_over_processes_and_equals_one_processes(tmp_path):
+    """The (architecture, set) pairs are dealt out and gathered: the one-process rows, accuracy for accuracy.
 
-    torchmetrics syncs over every initialised process group by default; rank 1 never computes the
-    evaluator's accuracy, so that sync would hang the run (it did, before ``sync_on_compute=False``).
+    Also a hang guard: torchmetrics syncs over every initialised process group by default, and a process
+    that never computes an accuracy would leave the other waiting (it did, before ``sync_on_compute=False``).
     """
     evaluation = ("evaluation.enabled=true", "eval_every=1", "evaluation.periodic.epochs=2")
-    tiny = ("evaluation.epochs=2", "evaluation.repeats=1", "logger=csv")
-    train(tmp_path / "ev", *DDP, "iterations=2", *evaluation, *tiny, limit=900)
-    rows = {row["set"] for row in json.loads((tmp_path / "ev" / "eval.json").read_text())}
-    assert "distilled" in rows
-    assert (tmp_path / "ev" / "csv" / "metrics.csv").is_file()
+    tiny = ("evaluation.epochs=2", "evaluation.repeats=2", "logger=csv", "iterations=2")
+    train(tmp_path / "two", *DDP, *evaluation, *tiny, limit=900)
+    train(tmp_path / "one", *evaluation, *tiny, limit=900)
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    sets = ["distilled", "initialisation", "random real (ipc 1)"]
+    assert [r["set"] for r in two] == [r["set"] for r in one] == sets
+    assert [r["accuracies"] for r in two] == [r["accuracies"] for r in one]
+    assert (tmp_path / "two" / "csv" / "metrics.csv").is_file()

@@ -175,8 +175,13 @@ def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]
     return module, trainer, out, data
 
 
-def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealData) -> dict[str, float]:
-    """The evaluator on the distilled set, beside its initialisation and random real images of equal size."""
+def evaluate_run(
+    cfg: DictConfig, module: DistillModule, out: Path, data: RealData, *, write: bool = True
+) -> dict[str, float]:
+    """The evaluator on the distilled set, beside its initialisation and random real images of equal size.
+
+    ``write``: the table and ``eval.json`` (rank 0 of a sharded run; the others only contribute rows).
+    """
     final = module.export()
     sets = {DISTILLED: (final.images, final.labels)}
     if cfg.evaluation.baseline:
@@ -186,7 +191,8 @@ def evaluate_run(cfg: DictConfig, module: DistillModule, out: Path, data: RealDa
             sets[INITIALISATION] = (initial.images, initial.labels)
         sets[baseline_label("random", cfg.ipc)] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
     rows = evaluate_sets(cfg, data, sets)
-    write_report(rows, out)
+    if write:
+        write_report(rows, out)
     return eval_metrics(rows)
 
 
@@ -199,8 +205,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with RunLock(output_dir(cfg)) if launched_rank_zero() else nullcontext():
         module, trainer, out, data = distill(cfg)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.evaluation.enabled and trainer.is_global_zero:
-            scores = evaluate_run(cfg, module, out, data)
+        if cfg.evaluation.enabled:  # every process of a sharded run evaluates its share of the sets
+            scores = evaluate_run(cfg, module, out, data, write=trainer.is_global_zero)
             for logger in trainer.loggers:
                 logger.log_metrics(scores, step=trainer.global_step)
                 logger.save()

@@ -18,6 +18,7 @@ from dream_pl.config import EVALUATION_RUN_KEYS, from_block
 from dream_pl.data import DatasetSpec, RealData
 from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.models import network_factory
+from dream_pl.sharding import Shard
 
 
 def protocol_from(ev: DictConfig, *, periodic: bool = False) -> EvalProtocol:
@@ -68,11 +69,19 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
 def evaluate_sets(
     cfg: DictConfig, real: RealData, sets: dict[str, tuple[Tensor, Tensor]]
 ) -> list[dict[str, Any]]:
-    """Every (architecture of ``evaluation.models``, labelled set) pair under the configured protocol."""
+    """Every (architecture of ``evaluation.models``, labelled set) pair under the configured protocol.
+
+    In a run sharded over processes (``trainer=ddp``) the pairs are dealt out like classes and the rows
+    gathered on every process: the same rows, in the same order, as one process computes.
+    """
     protocol = protocol_from(cfg.evaluation)
-    rows = []
-    for name in cfg.evaluation.models:
-        run = set_evaluator(cfg, name, real)
-        for label, (images, labels) in sets.items():
-            rows.append({"set": label, **run(images, labels, protocol=protocol).as_dict()})
-    return rows
+    pairs = [(name, label) for name in cfg.evaluation.models for label in sets]
+    shard = Shard.current(len(pairs))
+    evaluators = {name: set_evaluator(cfg, name, real) for name in cfg.evaluation.models}
+    rows = {}
+    for i in shard.classes:
+        name, label = pairs[i]
+        images, labels = sets[label]
+        rows[i] = {"set": label, **evaluators[name](images, labels, protocol=protocol).as_dict()}
+    merged = shard.merge(rows)
+    return [merged[i] for i in range(len(pairs))]
