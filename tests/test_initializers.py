@@ -151,3 +151,16 @@ def test_tiled_random_init_trains_better_than_the_same_number_of_whole_images(
     init_acc = accuracy(tiled, tiled_labels)
     baseline_acc = accuracy(*baseline_set("random", data, 1, seed=0))
     assert init_acc > baseline_acc + 5, (init_acc, baseline_acc)
+
+
+def test_kmeans_init_of_some_classes_is_those_rows_of_the_full_init(real, net, kmeans_stored):
+    """A process of a sharded run initialises its own classes as one process does (per-class seeds)."""
+    ipc, f = CONFIGS[0]
+    part = KMEANS(real, net, ipc=ipc, factor=f, seed=0, classes=(1, 4, 7))
+    rows = part.view(NUM_CLASSES, ipc, *part.shape[1:])
+    full = kmeans_stored[(ipc, f)].view_as(rows)
+    for c in range(NUM_CLASSES):
+        if c in (1, 4, 7):
+            assert torch.equal(rows[c], full[c])
+        else:
+            assert not rows[c].any()

@@ -28,7 +28,6 @@ RUN = (
     "sampler.interval=2",
     "sampler.embed_subset=100",
     "sampler.n_clusters=16",
-    "init=random",
     "evaluation.enabled=false",
     "logger=none",
     "trainer.enable_progress_bar=false",

@@ -138,12 +138,13 @@ class DistillModule(pl.LightningModule):
                 ipc=self.cfg.ipc,
                 factor=self.cfg.factor,
                 seed=derive(self.cfg.seed, "init"),
+                classes=self.shard.classes,
             )
             with torch.no_grad():
-                self.synthetic.images.copy_(images)
+                self.synthetic.images.copy_(self._gather_classes(images))
             self.initialized.fill_(True)
-        # every process starts from rank 0's images and network (replicated work may differ in the last bit)
-        self.shard.broadcast_([self.synthetic.images.data, *(p.data for p in self.net.parameters())])
+        # every process starts from rank 0's network (replicated work may differ in the last bit)
+        self.shard.broadcast_([p.data for p in self.net.parameters()])
 
     def on_fit_start(self) -> None:
         """:meth:`prepare` on the Trainer's device."""
@@ -282,6 +283,15 @@ class DistillModule(pl.LightningModule):
         if losses:
             per_class[torch.tensor(owned, device=self.device)] = torch.stack(losses)
         return self.shard.sum_(per_class)
+
+    def _gather_classes(self, images: Tensor) -> Tensor:
+        """Stored images where each process filled its own classes' rows: every class's, on every process."""
+        if not self.shard.sharded:
+            return images
+        own = torch.zeros(self.real.num_classes, dtype=torch.bool, device=images.device)
+        own[list(self.shard.classes)] = True
+        mask = own.repeat_interleave(self.cfg.ipc).view(-1, *([1] * (images.dim() - 1)))
+        return self.shard.sum_(images * mask)
 
     def _sum_image_gradient(self) -> None:
         """Classes sharded: add the other processes' classes' gradients, so every process steps alike."""

@@ -16,12 +16,13 @@ from dream_pl.seeding import derive
 from dream_pl.synthetic import tile
 
 
-def _tile_classes(real: RealSet, picks: list[Tensor], factor: int) -> Tensor:
-    """Pixel images of each class's picked indices, tiled f x f, class-major."""
-    stored = [
-        tile(real.to_pixels(real.images[real.class_slice(c)][idx]), factor) for c, idx in enumerate(picks)
-    ]
-    return torch.cat(stored)
+def _tile_classes(real: RealSet, picks: dict[int, Tensor], factor: int, ipc: int) -> Tensor:
+    """Pixel images of each class's picked indices, tiled f x f, class-major; classes not picked stay 0."""
+    _, channels, h, w = real.images.shape
+    stored = real.images.new_zeros(real.num_classes, ipc, channels, h, w, dtype=torch.float32)
+    for c, idx in picks.items():
+        stored[c] = tile(real.to_pixels(real.images[real.class_slice(c)][idx]), factor)
+    return stored.flatten(0, 1)
 
 
 class KMeansInit:
@@ -40,24 +41,35 @@ class KMeansInit:
         self.backend, self.max_iter, self.kmeans_init = backend, max_iter, kmeans_init
         self.embed_chunk, self.features = embed_chunk, features
 
-    def __call__(self, real: RealSet, net: nn.Module, *, ipc: int, factor: int, seed: int) -> Tensor:
-        """Cluster each class on ``net``'s features and tile the images nearest the centres."""
+    def __call__(
+        self,
+        real: RealSet,
+        net: nn.Module,
+        *,
+        ipc: int,
+        factor: int,
+        seed: int,
+        classes: tuple[int, ...] | None = None,
+    ) -> Tensor:
+        """Cluster each class (of ``classes``; the others stay 0) and tile the images nearest the centres.
+
+        Each class has its own seed, so a process of a sharded run initialises its classes as one process
+        initialising every class would.
+        """
         k = ipc * factor**2
-        picks = []
-        for c in range(real.num_classes):
+        picks = {}
+        for c in range(real.num_classes) if classes is None else classes:
             features = embed_class(net, real, c, chunk=self.embed_chunk, inputs=self.features)
-            picks.append(
-                select_representatives(
-                    features,
-                    k,
-                    1,
-                    backend=self.backend,
-                    seed=derive(seed, "class", c),
-                    max_iter=self.max_iter,
-                    init=self.kmeans_init,
-                )
+            picks[c] = select_representatives(
+                features,
+                k,
+                1,
+                backend=self.backend,
+                seed=derive(seed, "class", c),
+                max_iter=self.max_iter,
+                init=self.kmeans_init,
             )
-        return _tile_classes(real, picks, factor)
+        return _tile_classes(real, picks, factor, ipc)
 
 
 class RandomRealInit:
@@ -78,24 +90,42 @@ class RandomRealInit:
             raise ValueError(f"init.order={order!r} is not one of {', '.join(self.ORDERS)}")
         self.order = order
 
-    def __call__(self, real: RealSet, net: nn.Module, *, ipc: int, factor: int, seed: int) -> Tensor:
-        """Tile ``ipc * f^2`` real images per class."""
-        del net
+    def __call__(
+        self,
+        real: RealSet,
+        net: nn.Module,
+        *,
+        ipc: int,
+        factor: int,
+        seed: int,
+        classes: tuple[int, ...] | None = None,
+    ) -> Tensor:
+        """Tile ``ipc * f^2`` real images per class (every class: cheap, so ``classes`` is not needed)."""
+        del net, classes
         k = ipc * factor**2
         if self.order == "first":
             picks = [torch.arange(k) for _ in range(real.num_classes)]
         else:
             g = torch.Generator().manual_seed(seed)
             picks = [torch.randperm(real.class_sizes[c], generator=g)[:k] for c in range(real.num_classes)]
-        return _tile_classes(real, [p.to(real.images.device) for p in picks], factor)
+        return _tile_classes(real, {c: p.to(real.images.device) for c, p in enumerate(picks)}, factor, ipc)
 
 
 class NoiseInit:
     """Noise around mid-grey, ``clamp(N(0.5, 0.25^2), 0, 1)`` (IDC's ``noise``)."""
 
-    def __call__(self, real: RealSet, net: nn.Module, *, ipc: int, factor: int, seed: int) -> Tensor:
-        """Seeded noise images."""
-        del net, factor
+    def __call__(
+        self,
+        real: RealSet,
+        net: nn.Module,
+        *,
+        ipc: int,
+        factor: int,
+        seed: int,
+        classes: tuple[int, ...] | None = None,
+    ) -> Tensor:
+        """Seeded noise images (every class)."""
+        del net, factor, classes
         _, c, h, w = real.images.shape
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn(real.num_classes * ipc, c, h, w, generator=g) / 4 + 0.5
