@@ -8,8 +8,9 @@ everywhere, its gradients averaged so that no process can drift. Every process t
 state: a checkpoint needs no gather, and a run resumes on any number of processes. Every random draw of a
 class comes from that class's own stream, so the result does not depend on how classes are dealt out.
 
-What is not sharded (yet): the real set (every process holds all of it), the matching network's own
-training (replicated) and the K-means initialisation (replicated, then broadcast from rank 0).
+The K-means initialisation is sharded too (per-class seeds; each process fills its classes' rows and the
+rows are summed). Not sharded (yet): the real set (every process holds all of it) and the matching
+network's own training (replicated; its initial weights broadcast from rank 0).
 """
 
 from __future__ import annotations
