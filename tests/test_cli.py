@@ -49,6 +49,10 @@ def commands(tmp_path_factory) -> Commands:
     cmds.start("out_dir_file", train, f"out_dir={cmds.root / 'a_file'}")
     cmds.start("out_dir_unwritable", train, "out_dir=/proc/dream-pl/run")
     cmds.start("data_dir_missing", train, "dataset=cifar10", f"data_dir={cmds.root / 'absent' / 'deeper'}")
+    sweep = ("-m", "dataset=cifar10,mnist_5k", "debug=fdr", "ipc=1", "model.width=8", "sampler.n_clusters=16")
+    cmds.start(
+        "sweep_goes_on", train, *sweep, f"data_dir={cmds.data_dir}", f"hydra.sweep.dir={cmds.root / 'sweep'}"
+    )
     if not online():
         cmds.start(
             "cifar100_offline",
@@ -138,7 +142,7 @@ def test_bad_value_is_refused_in_one_line(commands, name, said):
 
 
 def test_refused_calls_leave_no_folder_behind(commands):
-    names = [n for n in commands.names() if n != "smoke"]
+    names = [n for n in commands.names() if n not in ("smoke", "sweep_goes_on")]
     for name in names:
         assert commands.result(name).returncode == 2, name
     assert not (commands.root / "logs").exists()  # no Hydra run folder, not even an empty one
@@ -153,3 +157,12 @@ def test_report_exits_2_on_a_user_error(tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith("error:")
     assert str(tmp_path / "nothing") in run.stderr
+
+
+def test_one_jobs_user_error_does_not_stop_the_sweep(commands):
+    run = commands.result("sweep_goes_on")
+    assert "error: Dataset 'cifar10' was not found" in run.stderr  # said in one line first
+    assert run.returncode != 0  # Hydra reports the failed job at the end
+    sweep = commands.root / "sweep"
+    assert (sweep / "1" / "synthetic.pt").is_file()  # the next job ran to the end
+    assert not (sweep / "0").exists()  # the failed job left no empty folder

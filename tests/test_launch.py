@@ -71,6 +71,29 @@ def test_non_finite_or_negative_rates_are_refused(compose_train, override, said)
     assert said in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("distill.net_cutmix_p=abc", "distill.net_cutmix_p='abc' must be a number in [0, 1]"),
+        ("evaluation.cutmix_p=1.5", "evaluation.cutmix_p=1.5 must be a number in [0, 1]"),
+        ("evaluation.lr_milestones=abc", "evaluation.lr_milestones='abc' must be a list of fractions"),
+        ("evaluation.lr_milestones=[0.5,2]", "must be a list of fractions of training in [0, 1]"),
+        ("seed=1.5", "seed=1.5 must be an integer >= 0"),
+        ("seed=abc", "seed='abc' must be an integer >= 0"),
+    ],
+)
+def test_values_that_would_fail_late_are_refused_before_work(compose_train, override, said):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_train([override]))
+    assert said in str(err.value)
+
+
+def test_sharded_runs_refuse_per_class_image_steps_before_work(compose_train):
+    with pytest.raises(ConfigError, match="trainer=ddp"):
+        validate(compose_train(["trainer=ddp", "distill.image_step=per_class"]))
+    validate(compose_train(["trainer=ddp"]))
+
+
 def test_out_dir_checks_leave_nothing_behind(tmp_path):
     check_out_dir(tmp_path / "new" / "deeper")  # creatable: fine
     assert list(tmp_path.iterdir()) == []  # the writability probe is gone again
@@ -109,8 +132,23 @@ def test_an_empty_failed_run_folder_and_its_empty_parents_are_removed(tmp_path):
     (run / ".hydra" / "config.yaml").write_text("a: 1")
     (run / "train.log").write_text("")
     (logs / "keep.txt").write_text("mine")
-    discard_if_empty(run, up_to=logs)
+    discard_if_empty(run, up_to=logs, job_log="train.log")
     assert sorted(p.name for p in logs.iterdir()) == ["keep.txt"]  # run, runs/, distill/ gone; logs/ kept
+
+
+def test_a_folder_that_existed_before_the_call_or_holds_other_logs_is_kept(tmp_path, monkeypatch):
+    from dream_pl import launch
+
+    mine = tmp_path / "mine"
+    (mine / ".hydra").mkdir(parents=True)
+    (mine / "console.log").write_text("the user's own log")
+    launch.discard_if_empty(mine, up_to=tmp_path, job_log="train.log")
+    assert (mine / "console.log").is_file()  # not Hydra's job log
+    existing = tmp_path / "existing"
+    (existing / ".hydra").mkdir(parents=True)
+    monkeypatch.setattr(launch, "_EXISTING", {existing.resolve()})
+    launch.discard_if_empty(existing, up_to=tmp_path, job_log="train.log")
+    assert existing.is_dir()  # the user's out_dir, made before the call
 
 
 def test_a_run_folder_with_work_or_a_lock_is_kept(tmp_path):
@@ -172,26 +210,11 @@ def test_a_missing_resume_file_is_named(tmp_path, compose_train):
         check_resume(compose_train(["resume=/nowhere.ckpt"]), tmp_path)
 
 
-def test_results_are_written_readable_like_the_pngs(tmp_path):
-    old = os.umask(0o022)
-    try:
-        atomic_torch_save({"a": 1}, tmp_path / "x.pt")
-        save_synthetic(tmp_path / "s.pt", SyntheticData(torch.zeros(1, 1, 2, 2), torch.zeros(1).long()))
-    finally:
-        os.umask(old)
+def test_results_are_written_readable_like_the_pngs(tmp_path, monkeypatch):
+    import dream_pl.synthetic
+
+    monkeypatch.setattr(dream_pl.synthetic, "UMASK", 0o022)
+    atomic_torch_save({"a": 1}, tmp_path / "x.pt")
+    save_synthetic(tmp_path / "s.pt", SyntheticData(torch.zeros(1, 1, 2, 2), torch.zeros(1).long()))
     assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "s.pt").stat().st_mode & 0o777 == 0o644
-
-
-def test_ddp_processes_other_than_rank_zero_skip_the_checks_and_join_rank_zeros_folder(monkeypatch, tmp_path):
-    from dream_pl.launch import follower_overrides, launched_rank_zero
-
-    assert launched_rank_zero()
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert not launched_rank_zero()
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("RANK", "3")  # torchrun
-    assert not launched_rank_zero()
-    overrides = follower_overrides("train", [f"out_dir={tmp_path}", "ipc=1"])
-    assert overrides == [f"hydra.run.dir='{tmp_path.resolve()}'", "hydra.output_subdir=null"]
-    assert follower_overrides("train", ["ipc=1"]) == ["hydra.output_subdir=null"]

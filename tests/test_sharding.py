@@ -74,7 +74,7 @@ def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path
     train(tmp_path / "moved", "iterations=2")
     torch.testing.assert_close(load_synthetic(tmp_path / "moved").images, one.images, rtol=0, atol=1e-6)
     logs = sorted(p.name for p in (tmp_path / "two").glob("*.log"))
-    assert logs == ["train.log", "train_ddp_process_1.log"]  # both processes wrote into the one run folder
+    assert logs == ["train.log", "train_rank1.log"]  # both processes wrote into the one run folder
 
 
 def test_the_evaluation_is_dealt_over_processes_and_equals_one_processes(tmp_path):

@@ -31,6 +31,7 @@ IDENTITY = (
     "matcher",
     "sampler",
 )
+NOT_IDENTITY = ("sampler.embed_chunk", "init.embed_chunk")  # memory knobs inside those blocks
 CONFIG_KEY = "dream_pl_config"  # the run's resolved config inside a checkpoint
 _ABSENT = "<absent>"
 
@@ -57,7 +58,7 @@ def identity(config: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         out |= _flatten(key, value)
-    return out
+    return {k: v for k, v in out.items() if k not in NOT_IDENTITY}
 
 
 def identity_mismatch(saved: Mapping[str, Any], current: DictConfig) -> list[tuple[str, Any, Any]]:

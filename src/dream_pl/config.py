@@ -185,6 +185,14 @@ def _require_number(name: str, value: object, *, positive: bool) -> None:
     _require(ok, f"{name}={value!r} must be a finite number {'> 0' if positive else '>= 0'}")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require_probability(name: str, value: object) -> None:
+    _require(_is_number(value) and 0 <= value <= 1, f"{name}={value!r} must be a number in [0, 1]")
+
+
 def _check_choice(name: str, value: object, allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     _require(value in allowed, f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -201,6 +209,7 @@ def validate(cfg: DictConfig) -> None:
     """Range and name checks on a composed train config (no data needed)."""
     check_top_keys(cfg, "train")
     _require_int("ipc", cfg.ipc, note=" (images per class)")
+    _require_int("seed", cfg.seed, minimum=0)
     _require_int("iterations", cfg.iterations)
     _require_int("keep_checkpoints", cfg.keep_checkpoints, minimum=0, note=" (0 = only last.ckpt)")
     _require_int("eval_every", cfg.get("eval_every", 0), minimum=0, note=" (0 = off)")
@@ -222,13 +231,17 @@ def validate(cfg: DictConfig) -> None:
         _require_number(f"distill.{key}", d[key], positive=True)
     for key in ("momentum_img", "momentum_net", "weight_decay_net"):
         _require_number(f"distill.{key}", d[key], positive=False)
-    _require(
-        0.0 <= float(d.net_cutmix_p) <= 1.0,
-        f"distill.net_cutmix_p={d.net_cutmix_p} must be in [0, 1]",
-    )
+    _require_probability("distill.net_cutmix_p", d.net_cutmix_p)
     for key in ("match_dsa", "net_dsa"):
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
+    strategy = cfg.trainer.get("strategy")
+    sharded = OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("ClassShardedDDP")
+    _require(
+        not (sharded and d.image_step == "per_class"),
+        "distill.image_step=per_class steps the images after each class in turn, which classes sharded "
+        "over processes (trainer=ddp) cannot do; allowed with trainer=ddp: joint",
+    )
     if d.class_chunk is not None:
         _require_int("distill.class_chunk", d.class_chunk, minimum=0, note=" (0 = all classes, or null)")
     _require(
@@ -308,7 +321,13 @@ def validate_evaluation(ev: DictConfig) -> None:
     for key in ("momentum", "weight_decay"):
         _require_number(f"evaluation.{key}", ev[key], positive=False)
     _check_strategy("evaluation.dsa", ev.dsa)
-    _require(0.0 <= float(ev.cutmix_p) <= 1.0, f"evaluation.cutmix_p={ev.cutmix_p} must be in [0, 1]")
+    _require_probability("evaluation.cutmix_p", ev.cutmix_p)
+    milestones = ev.lr_milestones
+    _require(
+        OmegaConf.is_list(milestones) and all(_is_number(m) and 0 <= m <= 1 for m in milestones),
+        f"evaluation.lr_milestones={milestones!r} must be a list of fractions of training in [0, 1], "
+        "e.g. [0.667, 0.833]",
+    )
 
 
 def _check_matmul_precision(cfg: DictConfig) -> None:
@@ -323,6 +342,7 @@ def validate_eval(cfg: DictConfig) -> None:
     check_top_keys(cfg, "eval")
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
     _require_int("ipc", cfg.ipc, note=" (images per class of a baseline)")
+    _require_int("seed", cfg.seed, minimum=0)
     _require_int("repeats", cfg.repeats)
     validate_evaluation(cfg.evaluation)
     check_model_block(cfg.model, cfg.dataset)

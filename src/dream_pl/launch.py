@@ -34,6 +34,7 @@ USER_ERRORS = (UserError, FileNotFoundError)  # FileNotFoundError: a path the us
 HYDRA_FLAGS = ("-m", "--multirun")  # the only flags the pre-check understands; others go to Hydra alone
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by DDP launchers
 Preflight = Callable[[DictConfig, bool], Path | None]  # (job's config, multirun): its run folder if known
+_EXISTING: set[Path] = set()  # run folders that existed before this call: never removed on failure
 
 
 def launched_rank_zero() -> bool:
@@ -201,18 +202,19 @@ def keep_hydra_history(folder: Path) -> None:
 
 def _hydra_override_value(path: Path) -> str:
     """``path`` quoted for Hydra's override grammar (spaces, commas, quotes survive)."""
-    escaped = str(path).replace("\\", "\\\\").replace("'", "\\'")
+    escaped = str(path).replace("'", "\\'")
     return f"'{escaped}'"
 
 
-def discard_if_empty(folder: Path, up_to: Path | None = None) -> None:
-    """Remove a run folder holding only Hydra's config and log: a call that failed before doing work.
+def discard_if_empty(folder: Path, up_to: Path | None = None, job_log: str = "") -> None:
+    """Remove a run folder this call created and left with only Hydra's config and ``job_log`` in it.
 
-    Its parents up to ``up_to`` (Hydra's log folder) go too when that leaves them empty.
+    Its parents up to ``up_to`` (Hydra's log folder) go too when that leaves them empty. A folder that
+    existed before the call (an ``out_dir`` the user made) is never removed.
     """
-    if not folder.is_dir() or (folder / LOCK_NAME).exists():
+    if not folder.is_dir() or folder.resolve() in _EXISTING or (folder / LOCK_NAME).exists():
         return
-    if any(not (e.name.startswith(".hydra") or e.suffix == ".log") for e in folder.iterdir()):
+    if any(not (e.name.startswith(".hydra") or e.name == job_log) for e in folder.iterdir()):
         return
     shutil.rmtree(folder, ignore_errors=True)
     if up_to is None:
@@ -232,26 +234,49 @@ def hydra_folder() -> Path | None:
 
 
 def run_job(cfg: DictConfig, fn: Callable[[], T]) -> T:
-    """A Hydra job's body: one-line user errors; a folder the job left empty is removed again."""
+    """A Hydra job's body: one-line user errors; a folder the job created and left empty is removed.
+
+    In a multirun a user error is printed in one line and raised on, so Hydra records the job as failed
+    and runs the remaining jobs (a ``SystemExit`` would stop the whole sweep).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     folder = hydra_folder()
     try:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            try:
+                return fn()
+            except USER_ERRORS as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise
         return report_user_errors(fn)
     except BaseException:
         if folder is not None:
-            discard_if_empty(folder, up_to=Path(cfg.paths.log_dir))
+            job_log = f"{HydraConfig.get().job.name}.log" if HydraConfig.initialized() else ""
+            discard_if_empty(folder, up_to=Path(cfg.paths.log_dir), job_log=job_log)
         raise
 
 
-def follower_overrides(config_name: str, argv: list[str]) -> list[str]:
-    """A DDP process other than rank 0 writes its log into rank 0's run folder and no ``.hydra/`` of its own.
+def started_together() -> bool:
+    """Whether torchrun or SLURM started every process of the run with the same command."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
-    Lightning's own launcher adds its overrides after these (and wins); torchrun and SLURM start every
-    process with the same command, so without this each would make a run folder of its own.
+
+def follower_overrides(config_name: str, argv: list[str]) -> list[str]:
+    """A DDP process other than rank 0 logs into rank 0's run folder, without a ``.hydra/`` of its own.
+
+    Under torchrun or SLURM every process starts with the same command, so ``out_dir`` must name the one
+    run folder (each would otherwise make its own). A process started by Lightning's own launcher already
+    carries rank 0's folder in its command; these come after it.
     """
     planned = job_overrides(argv)
     out = compose_job(config_name, planned[0][0]).get("out_dir") if planned else None
+    if out is None and started_together():
+        raise ConfigError("a run started by torchrun or SLURM needs out_dir=<folder>: one for all processes")
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0")))
     run_dir = [f"hydra.run.dir={_hydra_override_value(Path(out).resolve())}"] if out else []
-    return [*run_dir, "hydra.output_subdir=null"]
+    return [*run_dir, "hydra.output_subdir=null", f"hydra.job.name={config_name}_rank{rank}"]
 
 
 def launch(config_name: str, preflight: Preflight, hydra_main: Callable[[], object]) -> None:
@@ -260,11 +285,15 @@ def launch(config_name: str, preflight: Preflight, hydra_main: Callable[[], obje
     A DDP process other than rank 0 runs the command rank 0 already checked: straight to the job.
     """
     if not launched_rank_zero():
-        sys.argv += follower_overrides(config_name, sys.argv[1:])
+        sys.argv += report_user_errors(lambda: follower_overrides(config_name, sys.argv[1:]))
         hydra_main()
         return
     folder = report_user_errors(lambda: preflight_all(config_name, sys.argv[1:], preflight))
+    if folder is None and started_together():
+        report_user_errors(lambda: follower_overrides(config_name, sys.argv[1:]))  # refuses without out_dir
     if folder is not None:
+        if folder.exists():
+            _EXISTING.add(folder.resolve())
         keep_hydra_history(folder)
         sys.argv.append(f"hydra.run.dir={_hydra_override_value(folder.resolve())}")
     hydra_main()

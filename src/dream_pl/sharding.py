@@ -4,9 +4,11 @@ Under ``trainer=ddp`` every process matches and clusters only its own classes (c
 c mod k, so class counts stay balanced). The synthetic images' gradient and the per-class losses are summed
 over processes (each class's comes from exactly one), so every process takes the same image step and holds
 the same synthetic set; the matching network is built from the same seed and trained on the same batches
-everywhere, its gradients averaged so that no process can drift. Every process therefore holds the whole
-state: a checkpoint needs no gather, and a run resumes on any number of processes. Every random draw of a
-class comes from that class's own stream, so the result does not depend on how classes are dealt out.
+everywhere, and rank 0's weights are broadcast after every update so that no process can drift (exact
+for any number of processes, unlike averaging identical gradients, which rounds differently for k > 2).
+Every process therefore holds the whole state: a checkpoint needs no gather, and a run resumes on any
+number of processes. Every random draw of a class comes from that class's own stream, so the result does
+not depend on how classes are dealt out.
 
 The K-means initialisation is sharded too (per-class seeds; each process fills its classes' rows and the
 rows are summed). Not sharded (yet): the real set (every process holds all of it) and the matching
@@ -18,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
-from torch import Tensor, nn
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,14 @@ class Shard:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def average_gradients_(self, module: nn.Module) -> None:
-        """Average the gradients of ``module`` over processes (a replicated network stays replicated)."""
+    def mean_over_classes(self, stats: dict[str, float], count: int) -> dict[str, float]:
+        """Per-class means of this process's ``count`` classes -> the means over every process's classes."""
         if not self.sharded:
-            return
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([g.flatten() for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+            return stats
+        parts = self.merge({self.rank: (stats, count)}).values()
+        keys = dict.fromkeys(k for part, _ in parts for k in part)
+        total = {k: sum(n for part, n in parts if k in part) for k in keys}
+        return {k: sum(part[k] * n for part, n in parts if k in part) / total[k] for k in keys if total[k]}
 
     def broadcast_(self, tensors: list[Tensor]) -> None:
         """Rank 0's values in place on every process."""

@@ -132,11 +132,14 @@ class SyntheticData(Dataset):
         return len(self.labels) // (classes * self.factor**2)
 
 
-def _umask() -> int:
-    """The process umask (read by setting it, then restoring it)."""
+def _read_umask() -> int:
+    """The process umask (read by setting it, then restoring it: done once, at import)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -147,7 +150,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results the PNGs beside them show
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would hide results the PNGs beside them show
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

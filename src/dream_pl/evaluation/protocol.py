@@ -47,6 +47,13 @@ class EvalResult:
         return {**asdict(self), "mean": self.mean, "std": self.std}
 
 
+def own_device() -> int | list[int]:
+    """One device: this process's GPU inside a DDP run (``devices=1`` would mean GPU 0 for every process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.cuda.is_available():
+        return [torch.cuda.current_device()]
+    return 1
+
+
 def use_stacking(requested: bool | None, accelerator: str) -> bool | None:
     """Stack repeats under vmap on a GPU only, unless asked explicitly.
 
@@ -109,7 +116,7 @@ def evaluate_set(
     with quiet_lightning():
         trainer = pl.Trainer(
             accelerator=accelerator,
-            devices=1,
+            devices=own_device(),
             max_epochs=protocol.epochs,
             logger=False,
             enable_checkpointing=False,
