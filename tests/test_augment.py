@@ -15,12 +15,14 @@ from dream_pl.augment import (
     _contrast,
     _crop,
     _cutout,
+    _Draw,
     _rotate,
     _saturation,
     _scale,
     _translate,
     cutmix,
     cutmix_loss,
+    cutmix_static,
 )
 
 FULL = "color_crop_cutout_flip_scale_rotate"
@@ -217,6 +219,72 @@ def test_choice_generator_alone_picks_the_geometric_op(rgb: torch.Tensor) -> Non
     changed = [not torch.allclose(out, rgb, rtol=0, atol=1e-4) for out in outs]
     assert any(changed)
     assert not all(changed)
+
+
+@pytest.mark.parametrize("op", GEOMETRIC)
+@pytest.mark.parametrize("shared", [True, False])
+def test_static_single_op_equals_host_picked(rgb: torch.Tensor, op: str, shared: bool) -> None:
+    """One geometric token: the capturable path draws exactly what the host-picked path draws."""
+    aug = DiffAugment(f"flip_color_{op}_cutout")
+    host = aug(rgb, shared=shared, generator=_gen(3), choice_generator=_gen(4))
+    static = aug(rgb, shared=shared, generator=_gen(3), static=True)
+    torch.testing.assert_close(static, host, rtol=0, atol=0)
+
+
+def test_static_pick_is_one_of_the_ops_and_varies(rgb: torch.Tensor) -> None:
+    """Several tokens: the output is one whole candidate (crop or a no-op), and both occur over seeds."""
+    aug = DiffAugment("scale_rotate_crop", scale=1.0, rotate_deg=0.0)  # scale/rotate are identities here
+    changed = []
+    for s in range(16):
+        out = aug(rgb, shared=True, generator=_gen(s), static=True)
+        same = torch.allclose(out, rgb, rtol=0, atol=1e-4)
+        if not same:  # then it is exactly the crop this stream drew (drawn first: GEOMETRIC order)
+            crop = aug._random_crop(rgb, _draw(rgb, _gen(s)))
+            torch.testing.assert_close(out, crop, rtol=0, atol=0)
+        changed.append(not same)
+    assert any(changed)
+    assert not all(changed)
+
+
+def test_static_gradients_reach_input_through_the_picked_op(rgb: torch.Tensor) -> None:
+    x = rgb.clone().requires_grad_()
+    DiffAugment(FULL)(x, shared=False, generator=_gen(0), static=True).sum().backward()
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+    assert x.grad.abs().sum() > 0
+
+
+def _draw(x: torch.Tensor, g: torch.Generator) -> _Draw:
+    return _Draw(x, True, g)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cutmix_static_applied_equals_host_cutmix(
+    mnist: tuple[torch.Tensor, torch.Tensor], seed: int
+) -> None:
+    """p = 1: the same draws, box and area-weighted lam as the host version (which reads them back)."""
+    x, y = _tagged(mnist)
+    mixed, y_a, y_b, lam = cutmix(x, y, generator=_gen(seed))
+    s_mixed, s_a, s_b, s_lam = cutmix_static(x, y, 1.0, generator=_gen(seed))
+    torch.testing.assert_close(s_mixed, mixed, rtol=0, atol=0)
+    assert torch.equal(s_a, y_a)
+    assert torch.equal(s_b, y_b)
+    torch.testing.assert_close(s_lam, torch.tensor(lam, dtype=s_lam.dtype))
+
+
+def test_cutmix_static_not_applied_is_plain_cross_entropy(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = mnist
+    mixed, y_a, y_b, lam = cutmix_static(x, y, 0.0, generator=_gen(0))
+    assert torch.equal(mixed, x)
+    assert float(lam) == 1.0
+    logits = torch.randn(64, 10, generator=_gen(1))
+    torch.testing.assert_close(cutmix_loss(logits, y_a, y_b, lam), F.cross_entropy(logits, y))
+
+
+def test_cutmix_static_applies_about_p_of_the_time(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = mnist
+    applied = [float(cutmix_static(x, y, 0.5, generator=_gen(s))[3]) < 1.0 for s in range(200)]
+    assert 70 <= sum(applied) <= 130  # Binomial(200, 0.5 * P(box non-empty ~ 0.96)): > 4 sigma margin
 
 
 def _tagged(mnist: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

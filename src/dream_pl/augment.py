@@ -158,12 +158,15 @@ class DiffAugment(nn.Module):
         shared: bool,
         generator: torch.Generator | None = None,
         choice_generator: torch.Generator | None = None,
+        static: bool = False,
     ) -> Tensor:
         """Augment x: [B, C, H, W]; ``shared`` draws one parameter set for the whole batch.
 
         ``choice_generator`` (a CPU generator) draws what picks a code path (the geometric op), so the
         host never reads a value back from a GPU generator: one device sync fewer per call. Without it,
-        the pick comes from ``generator``.
+        the pick comes from ``generator``. ``static=True`` picks on the device instead and computes every
+        geometric candidate, keeping the selected one: no host decision at all, so the call can be
+        captured in a CUDA graph (the same distribution of transforms, a different stream of draws).
         """
         draw = _Draw(x, shared, generator)
         if "flip" in self.tokens:
@@ -172,7 +175,9 @@ class DiffAugment(nn.Module):
             x = _brightness(x, (draw.uniform() - 0.5) * self.brightness)
             x = _saturation(x, draw.uniform() * self.saturation)
             x = _contrast(x, draw.uniform() + self.contrast)
-        if self.geometric:
+        if self.geometric and static:
+            x = self._random_geometric_static(x, draw)
+        elif self.geometric:
             if choice_generator is None:
                 pick = torch.randint(len(self.geometric), (1,), generator=generator, device=x.device)
             else:
@@ -186,6 +191,20 @@ class DiffAugment(nn.Module):
             cx = draw.integers(0, w + 1 - size % 2)
             x = _cutout(x, cy, cx, size)
         return x
+
+    def _random_geometric_static(self, x: Tensor, draw: _Draw) -> Tensor:
+        """One geometric op per call, picked by a device draw; every candidate is computed (in TOKENS order).
+
+        With a single geometric token no pick is drawn, so the draws equal the host-picked path's.
+        """
+        candidates = [getattr(self, f"_random_{op}")(x, draw) for op in self.geometric]
+        if len(candidates) == 1:
+            return candidates[0]
+        pick = torch.randint(len(candidates), (1,), generator=draw.generator, device=x.device)
+        out = candidates[0]
+        for i, candidate in enumerate(candidates[1:], start=1):
+            out = torch.where(pick == i, candidate, out)
+        return out
 
     def _random_crop(self, x: Tensor, draw: _Draw) -> Tensor:
         """Integer shift of up to +-round(crop_ratio * side) pixels."""
@@ -245,6 +264,34 @@ def cutmix(
     return x_mixed, y, y[perm], lam
 
 
-def cutmix_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float) -> Tensor:
+def cutmix_static(
+    x: Tensor, y: Tensor, p: float, *, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CutMix with probability ``p`` (Beta(1, 1)), every draw and decision on ``x``'s device.
+
+    The same box arithmetic as :func:`cutmix` and the same first three draws (lam, partner permutation,
+    centre), then one more for "apply at all"; where it is not applied the box is empty and lam is 1, so
+    :func:`cutmix_loss` is plain cross-entropy. No value is read on the host, so the call can be captured
+    in a CUDA graph. Returns (x_mixed, y_a, y_b, lam) with lam a 0-d tensor.
+    """
+    b, _, h, w = x.shape
+    lam = torch.rand(1, generator=generator, device=x.device)
+    perm = torch.randperm(b, generator=generator, device=x.device)
+    centre = torch.randint(0, h * w, (1,), generator=generator, device=x.device)
+    apply = torch.rand(1, generator=generator, device=x.device) < p
+    cut = (1.0 - lam.double()).sqrt()  # float64, as the host version's math.sqrt
+    cut_h, cut_w = (h * cut).floor().long(), (w * cut).floor().long()
+    cy, cx = centre // w, centre % w
+    y0, y1 = (cy - cut_h // 2).clamp(min=0), (cy + cut_h // 2).clamp(max=h)
+    x0, x1 = (cx - cut_w // 2).clamp(min=0), (cx + cut_w // 2).clamp(max=w)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    box = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :] & apply
+    x_mixed = torch.where(box, x[perm], x)
+    area = ((y1 - y0).clamp(min=0) * (x1 - x0).clamp(min=0)).to(x.dtype)
+    lam = (1.0 - area * apply.to(x.dtype) / (h * w)).squeeze(0)
+    return x_mixed, y, y[perm], lam
+
+
+def cutmix_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor) -> Tensor:
     """Area-weighted cross-entropy: lam * CE(y_a) + (1 - lam) * CE(y_b)."""
     return lam * F.cross_entropy(logits, y_a) + (1.0 - lam) * F.cross_entropy(logits, y_b)

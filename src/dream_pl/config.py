@@ -22,6 +22,7 @@ from dream_pl.clustering import BACKENDS, INITS
 from dream_pl.data import DATASETS, DatasetSpec, get_spec
 from dream_pl.errors import UserError
 from dream_pl.features import FEATURE_INPUTS
+from dream_pl.graphs import COMPILE_MODES
 from dream_pl.initializers import RandomRealInit
 from dream_pl.matchers import METRICS
 from dream_pl.models import check_model, list_models, model_options
@@ -249,6 +250,7 @@ def validate(cfg: DictConfig) -> None:
         f"distill.class_chunk={d.class_chunk} cannot batch classes with distill.image_step=per_class (one "
         "optimiser step after each class is sequential); allowed: 1 or null",
     )
+    _check_choice("distill.compile", d.compile, COMPILE_MODES)
     _check_choice(
         "trainer.matmul_precision", cfg.trainer.get("matmul_precision", "highest"), ("highest", "high")
     )
@@ -316,6 +318,7 @@ def validate_evaluation(ev: DictConfig) -> None:
         ev.stacked is None or isinstance(ev.stacked, bool),
         f"evaluation.stacked={ev.stacked!r} must be true, false or null (null: stacked on a GPU if possible)",
     )
+    _check_choice("evaluation.compile", ev.compile, COMPILE_MODES)
     _require_number("evaluation.lr", ev.lr, positive=True)
     _require_number("evaluation.lr_gamma", ev.lr_gamma, positive=True)
     for key in ("momentum", "weight_decay"):

@@ -36,6 +36,7 @@ class DistillConfig:
     net_cutmix_p: float
     image_step: str
     class_chunk: int | None  # None: every class in one pass on a GPU, one at a time on a CPU
+    compile: str  # auto | on | off: CUDA-graph capture of the step (dream_pl.graphs.COMPILE_MODES)
     save_every: int
 
 
@@ -62,6 +63,7 @@ class EvalProtocol:
     cutmix_p: float
     test_batch: int
     stacked: bool | None  # None: vmap-stacked on a GPU when the architecture allows, looped on a CPU
+    compile: str  # auto | on | off: CUDA-graph capture of the training step (dream_pl.graphs)
 
     def milestones(self) -> tuple[int, ...]:
         """Epochs at which the lr decays (666 and 833 for 1,000 epochs)."""
