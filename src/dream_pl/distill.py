@@ -9,6 +9,7 @@ an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import time
@@ -20,19 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
+from dream_pl.augment import DiffAugment, cutmix, cutmix_loss, cutmix_static
 from dream_pl.checkpoints import CONFIG_KEY
 from dream_pl.config import ConfigError
 from dream_pl.data import RealSet
 from dream_pl.data.realset import draw_indices
 from dream_pl.diagnostics import selection_diagnostics
 from dream_pl.errors import UserError
+from dream_pl.graphs import GraphedStep, sgd_step_, static_formulation, use_graphs
 from dream_pl.matchers import supports_batched_classes
 from dream_pl.samplers import Sampler
 from dream_pl.schemas import DistillConfig
 from dream_pl.seeding import derive, generator
 from dream_pl.sharding import Shard
 from dream_pl.synthetic import SyntheticData, SyntheticSet
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -98,6 +102,8 @@ class DistillModule(pl.LightningModule):
         self.net_aug = DiffAugment(cfg.net_dsa)
         self._standalone_opt: torch.optim.Optimizer | None = None
         self.shard = Shard(0, 1, tuple(range(real.num_classes)))  # set for real in prepare()
+        self.static = self.capture = False  # the capturable step / CUDA graphs: decided in prepare()
+        self._graphs: dict[str, tuple[tuple[int, ...], GraphedStep]] = {}
         self._new_net(outer=0)
 
     # ----------------------------------------------------------------- setup
@@ -106,6 +112,13 @@ class DistillModule(pl.LightningModule):
         with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
             torch.random.default_generator.manual_seed(derive(self.cfg.seed, "net", outer))
             net = self.net_factory()
+        if self.static:  # into the tensors the captured steps read, with the fresh optimiser's zero momentum
+            with torch.no_grad():
+                for old, new in zip(self.net.state_dict().values(), net.state_dict().values(), strict=True):
+                    old.copy_(new)
+                for buf in self._net_momentum():
+                    buf.zero_()
+            return
         self.net = net.to(self.device)
         self.net_opt = torch.optim.SGD(
             self.net.parameters(),
@@ -132,6 +145,7 @@ class DistillModule(pl.LightningModule):
                 "distill.image_step=per_class steps the images after each class in turn, which classes "
                 "sharded over processes cannot do; allowed with trainer=ddp: joint"
             )
+        self._choose_formulation()
         self.real = self.real.to(self.device)
         self.sampler.to(self.device)
         if not bool(self.initialized):
@@ -196,7 +210,9 @@ class DistillModule(pl.LightningModule):
         t0 = time.perf_counter()
         losses: list[Tensor] = []
         owned = list(self.shard.classes)
-        for classes in class_chunks(owned, self.class_chunk()):
+        if self.static:
+            losses = list(self._match_static(step).unbind())
+        for classes in class_chunks(owned, self.class_chunk()) if not self.static else []:
             if len(classes) == 1:
                 loss = self.match_class(classes[0], step).unsqueeze(0)
             else:
@@ -216,10 +232,13 @@ class DistillModule(pl.LightningModule):
         t1 = time.perf_counter()
         # the network's batches come from streams of their own, so which sampler matches (and how many
         # draws it takes) never changes how the matching network trains
-        net_loss = self.train_net(
-            generator(self.cfg.seed, "step", step, "net_host"),
-            generator(self.cfg.seed, "step", step, "net_device", device=self.device),
-        )
+        if self.static:
+            net_loss = self._train_net_static(step)
+        else:
+            net_loss = self.train_net(
+                generator(self.cfg.seed, "step", step, "net_host"),
+                generator(self.cfg.seed, "step", step, "net_device", device=self.device),
+            )
         t2 = time.perf_counter()
         if inner == self.cfg.inner_loops - 1:
             self._new_net(outer + 1)
@@ -336,6 +355,167 @@ class DistillModule(pl.LightningModule):
             self.shard.broadcast_([p.data for p in self.net.parameters()])
             total += loss.detach()
         return total / steps
+
+    # ------------------------------------------------- the capturable step (distill.compile)
+    def _choose_formulation(self) -> None:
+        """``distill.compile``: the capturable step (device-side draws and decisions) and CUDA graphs or not.
+
+        Graphs need the joint image step (per_class steps the optimiser between classes) and no loss scaler
+        (16-bit precision scales the loss through Lightning's backward, which the captured step bypasses).
+        """
+        mode = self.cfg.compile
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else ""
+        blockers = []
+        if self.cfg.image_step != "joint":
+            blockers.append(f"distill.image_step={self.cfg.image_step}")
+        if precision in ("16-mixed", "16"):
+            blockers.append(f"trainer.precision={precision}")
+        if blockers and mode == "on":
+            raise ConfigError(
+                f"distill.compile=on cannot run with {' and '.join(blockers)}; allowed: distill.compile=auto "
+                "or off (or distill.image_step=joint with a precision without a loss scaler)"
+            )
+        self.static = not blockers and static_formulation(mode, self.device)
+        self.capture = self.static and use_graphs(mode, self.device)
+        if self.static:
+            owned = self.shard.classes
+            self._match_gens = {c: torch.Generator(device=self.device) for c in owned}
+            self._net_gen = torch.Generator(device=self.device)
+            self._net_momentum()
+
+    def _net_momentum(self) -> list[Tensor]:
+        """The network optimiser's momentum buffers, created as zeros where missing (= SGD's first step)."""
+        buffers = []
+        for p in self.net.parameters():
+            state = self.net_opt.state[p]
+            if not isinstance(state.get("momentum_buffer"), Tensor):
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buffers.append(state["momentum_buffer"])
+        return buffers
+
+    def _run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        inputs: list[Tensor],
+        state: list[Tensor],
+        generators: list[torch.Generator],
+    ) -> Any:
+        """``fn(*inputs)``: replayed from a CUDA graph when capturing, else called.
+
+        A graph is captured on first use and again whenever a tensor it reads was replaced (a checkpoint
+        load swaps the network optimiser's buffers, a new device moves everything).
+        """
+        if not self.capture:
+            return fn(*inputs)
+        tensors = [*inputs, *state, self.synthetic.images, *self.net.parameters(), *self.net.buffers()]
+        key = tuple(t.data_ptr() for t in tensors)
+        cached = self._graphs.get(name)
+        if cached is None or cached[0] != key:
+            try:
+                cached = (key, GraphedStep(fn, inputs, state=state, generators=generators))
+            except RuntimeError as error:  # an op this torch cannot capture: auto falls back, on says so
+                if self.cfg.compile == "on":
+                    raise
+                log.warning(
+                    "distill.compile=auto: capturing the %s step failed (%s); running eagerly", name, error
+                )
+                self.capture, self._graphs = False, {}
+                return fn(*inputs)
+            self._graphs[name] = cached
+        return cached[1]()
+
+    def _match_static(self, step: int) -> Tensor:
+        """Every owned class's matching loss ([k]) and, into ``images.grad``, their summed image gradient.
+
+        The real batches' indices are drawn on the host's orders (the sampler may read its selection)
+        into a fixed buffer; everything after (synthetic subset, DSA, both passes of every class, the
+        backward into the images) is one capturable function of that buffer and the class streams.
+        """
+        owned = list(self.shard.classes)
+        for c in owned:
+            self._match_gens[c].manual_seed(derive(self.cfg.seed, "step", step, "device", c))
+        idx = torch.stack(
+            [
+                self.sampler.indices(self.real, c, self._match_gens[c]) + self.real.class_slice(c).start
+                for c in owned
+            ]
+        )
+        buffer = getattr(self, "_real_idx", None)
+        if buffer is None or buffer.shape != idx.shape:
+            self._real_idx = buffer = torch.empty_like(idx)
+        buffer.copy_(idx)
+        losses, grad = self._run("match", self._match_all, [buffer], [], [self._match_gens[c] for c in owned])
+        images = self.synthetic.images
+        images.grad = grad.clone()
+        return losses.clone()
+
+    def _match_all(self, real_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The capturable matching pass: losses [k] and d(sum of losses)/d(stored images)."""
+        owned = list(self.shard.classes)
+        images = self.synthetic.images
+        grad = torch.zeros_like(images)
+        losses = []
+        for chunk in class_chunks(list(range(len(owned))), self.class_chunk()):
+            inputs = [self._static_inputs(owned[i], real_idx[i]) for i in chunk]
+            if len(chunk) == 1:
+                (x_real, x_syn), c = inputs[0], owned[chunk[0]]
+                loss = self.matcher(
+                    self.net, x_real, self._labels(c, len(x_real)), x_syn, self._labels(c, len(x_syn))
+                ).unsqueeze(0)
+            else:
+                x_real = torch.stack([xr for xr, _ in inputs])
+                x_syn = torch.stack([xs for _, xs in inputs])
+                y_real = torch.stack([self._labels(owned[i], x_real.shape[1]) for i in chunk])
+                y_syn = torch.stack([self._labels(owned[i], x_syn.shape[1]) for i in chunk])
+                loss = self.matcher.batched(self.net, x_real, y_real, x_syn, y_syn)
+            grad += torch.autograd.grad(loss.sum(), images)[0]
+            losses.append(loss.detach())
+        return torch.cat(losses), grad
+
+    def _static_inputs(self, c: int, real_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`match_inputs` with the real indices given and every draw on class ``c``'s device stream."""
+        g = self._match_gens[c]
+        x_real = self.real.get(real_idx)
+        x_syn = self.synthetic.class_decoded(c)
+        if len(x_syn) > self.cfg.batch_syn_max:
+            x_syn = x_syn[draw_indices(len(x_syn), self.cfg.batch_syn_max, g)]
+        x = self.match_aug(
+            torch.cat([x_real, self.real.normalize(x_syn)]), shared=True, generator=g, static=True
+        )
+        return x[: len(x_real)], x[len(x_real) :]
+
+    def _train_net_static(self, step: int) -> Tensor:
+        """:meth:`train_net` as repeated replays of one capturable network step; returns the mean loss."""
+        self.net.train()
+        self._net_gen.manual_seed(derive(self.cfg.seed, "step", step, "net_device"))
+        params = list(self.net.parameters())
+        state = [*params, *self.net.buffers(), *self._net_momentum()]
+        steps = math.ceil(self.cfg.n_data / self.cfg.batch_real)
+        total = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            total += self._run("net", self._net_step, [], state, [self._net_gen])
+            self.shard.broadcast_([p.data for p in params])
+        return total / steps
+
+    def _net_step(self) -> Tensor:
+        """One capturable network update: batch, per-sample DSA, CutMix (decided on the device), SGD."""
+        g = self._net_gen
+        x, y = self.real.sample(self.cfg.batch_real, g)
+        x = self.net_aug(x, shared=False, generator=g, static=True)
+        x, y_a, y_b, lam = cutmix_static(x, y, self.cfg.net_cutmix_p, generator=g)
+        loss = cutmix_loss(self.net(x), y_a, y_b, lam)
+        params = list(self.net.parameters())
+        grads = torch.autograd.grad(loss, params)
+        sgd_step_(
+            params,
+            grads,
+            self._net_momentum(),
+            lr=self.cfg.lr_net,
+            momentum=self.cfg.momentum_net,
+            weight_decay=self.cfg.weight_decay_net,
+        )
+        return loss.detach()
 
     def selection_diagnostics(self, step: int, max_classes: int, reference: int) -> dict[str, Tensor]:
         """The sampler's matching batches against random ones on the current network (Fig. 1a, 2c, 3)."""
