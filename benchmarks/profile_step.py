@@ -16,6 +16,8 @@ import time
 
 import torch
 from step import module_for, real_set, sync
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import EventList
 from torch.profiler import ProfilerActivity, profile
 
 from dream_pl.data import RealSet
@@ -42,6 +44,11 @@ def parts_ms(module: DistillModule, steps: int, device: str) -> tuple[float, flo
     return results[0], results[1], results[2]
 
 
+def kernel_total(events: EventList) -> float:
+    """Milliseconds of GPU kernels (device-side events only: an op's CUDA time is its kernels' time again)."""
+    return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1000
+
+
 def kernel_ms(module: DistillModule, device: str, top: int) -> tuple[float, str]:
     """GPU kernel time of one eager step (ms) and a table of the longest kernels."""
     capture = module.capture
@@ -53,7 +60,7 @@ def kernel_ms(module: DistillModule, device: str, top: int) -> tuple[float, str]
         sync(device)
     module.capture = capture
     events = prof.key_averages()
-    total = sum(e.self_device_time_total for e in events) / 1000
+    total = kernel_total(events)
     table = events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=60)
     return total, table
 
@@ -122,7 +129,7 @@ def clustering(args: argparse.Namespace, real: RealSet) -> None:
         sync(args.device)
     wall = 1000 * (time.perf_counter() - start)
     events = prof.key_averages()
-    kernels = sum(e.self_device_time_total for e in events) / 1000
+    kernels = kernel_total(events)
     print(f"\nclustering event (profiled): wall {wall:.0f} ms, GPU kernels {kernels:.0f} ms")
     print(events.table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=60))
 
