@@ -6,10 +6,12 @@ import torch
 from dream_pl import clustering
 from dream_pl.clustering import (
     batched_kmeans,
+    batched_nearest_to_centres,
     kmeans,
     nearest_to_centres,
     select_representatives,
 )
+from dream_pl.samplers.base import batched_selection_quality, selection_quality
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss is not importable")
@@ -203,3 +205,34 @@ def test_cuda_torch_backend_matches_cpu():
     assert sorted(picked.tolist()) == sorted(at_centre.tolist())
     (batched,) = batched_kmeans(x.cuda()[None], 5, seeds=[0])
     assert same_partition(batched.assign.cpu(), label)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_batched_nearest_equals_one_class_at_a_time(n):
+    """Padded classes of different sizes, with ties: the batched greedy picks what each class alone picks."""
+    g = torch.Generator().manual_seed(5)
+    sizes = [40, 25, 33]
+    xs = torch.zeros(3, 40, 4)
+    for c, m in enumerate(sizes):
+        xs[c, :m] = torch.randn(m, 4, generator=g).round(decimals=1)  # rounding makes equal distances
+    xs[1, 25:] = 0.0  # padding on top of real points: must never be chosen
+    mask = torch.arange(40)[None] < torch.tensor(sizes)[:, None]
+    centroids = torch.randn(3, 6, 4, generator=g)
+    batched = batched_nearest_to_centres(xs, centroids, n, mask)
+    for c, m in enumerate(sizes):
+        assert torch.equal(batched[c], nearest_to_centres(xs[c, :m], centroids[c], n))
+    assert (batched[1] < 25).all()
+
+
+def test_batched_selection_quality_equals_per_class():
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(m, 5, generator=g) for m in (12, 9)]
+    xs = torch.zeros(2, 12, 5)
+    for c, f in enumerate(feats):
+        xs[c, : len(f)] = f
+    mask = torch.arange(12)[None] < torch.tensor([12, 9])[:, None]
+    chosen = torch.tensor([[0, 5, 11], [1, 2, 8]])
+    batched = batched_selection_quality(xs, mask, chosen)
+    for c, f in enumerate(feats):
+        expected = selection_quality(f, chosen[c])
+        assert batched[c] == pytest.approx(expected, rel=1e-5)

@@ -165,6 +165,22 @@ def selection_quality(features: Tensor, chosen: Tensor) -> dict[str, float]:
     }
 
 
+def batched_selection_quality(xs: Tensor, mask: Tensor, chosen: Tensor) -> list[dict[str, float]]:
+    """:func:`selection_quality` of several classes, read back to the host in one transfer.
+
+    xs: [C, M, D] features padded per class, mask: [C, M] their valid rows, chosen: [C, B] selections.
+    """
+    count = mask.sum(1, keepdim=True).to(xs.dtype)  # [C, 1]
+    centroid = (xs * mask[..., None]).sum(1, keepdim=True) / count[..., None]
+    dist = (xs - centroid).norm(dim=2)  # [C, M]
+    whole = (dist * mask).sum(1) / count[:, 0]
+    selected = dist.gather(1, chosen).mean(1)
+    ratio = torch.where(whole > 0, selected / whole, torch.ones_like(whole))
+    values = torch.stack([selected, whole, ratio], 1).tolist()
+    keys = ("centroid_dist_selected", "centroid_dist_class", "centroid_dist_ratio")
+    return [dict(zip(keys, row, strict=True)) for row in values]
+
+
 def mean_stats(per_class: list[dict[str, float]]) -> dict[str, float]:
     """Each statistic averaged over the classes that report it."""
     keys = dict.fromkeys(k for stats in per_class for k in stats)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dream_pl.clustering import INITS, batched_kmeans, kmeans, nearest_to_centres, resolve_backend
+from dream_pl.clustering import (
+    INITS,
+    batched_kmeans,
+    batched_nearest_to_centres,
+    kmeans,
+    nearest_to_centres,
+    resolve_backend,
+)
 from dream_pl.data import RealSet
-from dream_pl.samplers.base import SelectionSampler, mean_stats, selection_quality
+from dream_pl.samplers.base import SelectionSampler, batched_selection_quality, mean_stats
 from dream_pl.seeding import derive
 
 BATCH_ELEMENTS = 2**28  # padded features clustered together: 1 GiB of float32 per class group
@@ -85,12 +92,14 @@ class RepresentativeSampler(SelectionSampler):
                 seeds=[derive(seed, "select", classes[i]) for i in group],
                 init=self.kmeans_init,
             )
-            for i, result in zip(group, results, strict=True):
-                chosen = nearest_to_centres(feats[i], result.centroids, self.n_per_cluster).flatten()
-                stats.append(
-                    {"lloyd_iterations": float(result.iterations)} | selection_quality(feats[i], chosen)
-                )
-                self.store(real.num_classes, classes[i], chosen if cands[i] is None else cands[i][chosen])
+            xs, mask = _pad([feats[i] for i in group]), _mask([len(feats[i]) for i in group], probe.device)
+            centroids = torch.stack([r.centroids for r in results])
+            chosen = batched_nearest_to_centres(xs, centroids, self.n_per_cluster, mask).flatten(1)
+            quality = batched_selection_quality(xs, mask, chosen)
+            for row, (i, result) in enumerate(zip(group, results, strict=True)):
+                stats.append({"lloyd_iterations": float(result.iterations)} | quality[row])
+                picked = chosen[row]
+                self.store(real.num_classes, classes[i], picked if cands[i] is None else cands[i][picked])
         return mean_stats(stats)
 
 
