@@ -300,3 +300,5 @@ def test_mean_pool_equals_avg_pool_with_its_gradients(shape: tuple[int, ...]) ->
     torch.testing.assert_close(
         torch.autograd.grad(g_ours.pow(2).sum(), x)[0], torch.autograd.grad(g_ref.pow(2).sum(), x)[0]
     )
+    with torch.inference_mode():  # the embedding pass's branch
+        torch.testing.assert_close(MeanPool2()(x), ref, rtol=1e-12, atol=1e-12)

@@ -1,6 +1,7 @@
 """ConvNet from DC/DSA/IDC/DREAM: the matching and default evaluation network."""
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream_pl.models.registry import register_model
@@ -52,11 +53,15 @@ class MeanPool2(nn.Module):
 
     Gradient matching differentiates through the pooling twice; CUDA's ``avg_pool2d`` backward kernel was
     15% of an H200 matching step (benchmarks/profile_step.py), while a mean's backward is one broadcast.
+    Without autograd (the clustering's embedding pass) the mean's reduction kernel is the slower one, so
+    ``avg_pool2d`` itself runs there.
     Odd sides drop their last row/column, as ``AvgPool2d`` does.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """[..., H, W] -> [..., H // 2, W // 2]."""
+        if not torch.is_grad_enabled():  # no backward to pay for: avg_pool2d's forward kernel is the faster
+            return F.avg_pool2d(x, 2, 2)
         h, w = x.shape[-2] // 2, x.shape[-1] // 2
         x = x[..., : 2 * h, : 2 * w]
         return x.unflatten(-1, (w, 2)).unflatten(-3, (h, 2)).mean(dim=(-3, -1))
