@@ -54,6 +54,11 @@ def own_device() -> int | list[int]:
     return 1
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Does a Trainer with ``accelerator`` train on a CUDA device?"""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def use_stacking(requested: bool | None, accelerator: str) -> bool | None:
     """Stack repeats under vmap on a GPU only, unless asked explicitly.
 
@@ -63,8 +68,7 @@ def use_stacking(requested: bool | None, accelerator: str) -> bool | None:
     """
     if requested is not None:
         return requested
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return None if on_gpu else False
+    return None if on_gpu(accelerator) else False
 
 
 def evaluate_set(
@@ -95,7 +99,9 @@ def evaluate_set(
         num_classes: K.
         protocol: epochs, optimiser, augmentation and repeats.
         seed: the evaluation's seed; each repeat's initialisation and draws are derived from it.
-        accelerator: Lightning accelerator.
+        accelerator: Lightning accelerator; with ``protocol.compile`` it decides whether training runs as
+            captured epochs ("graphs"), their eager twin ("eager-static") or one step per batch ("off"),
+            as ``extra["compile"]`` reports.
         progress: show Lightning's progress bar.
     """
     start = time.perf_counter()
@@ -109,6 +115,7 @@ def evaluate_set(
         std=std,
         num_classes=num_classes,
         stacked=use_stacking(protocol.stacked, accelerator),
+        device="cuda" if on_gpu(accelerator) else "cpu",
     )
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(*test), batch_size=protocol.test_batch, shuffle=False
@@ -132,5 +139,5 @@ def evaluate_set(
         seconds=time.perf_counter() - start,
         protocol=protocol.describe(),
         images=len(labels),
-        extra={"stacked": module.stacked},
+        extra={"stacked": module.stacked, "compile": module.formulation},
     )

@@ -6,6 +6,12 @@ gives each network exactly the gradient it would get alone, and SGD is element-w
 independent trainings. Networks with batch norm (running statistics updated in place) cannot run under
 ``vmap`` and are trained as a list instead, still in one Lightning loop; so are all networks on a CPU,
 where vmap's grouped convolutions are slower than a loop (see ``protocol.use_stacking``).
+
+On a GPU each batch step of a tiny set pays Lightning's per-step overhead and hundreds of kernel launches
+on top of its arithmetic. The static formulation (``dream_pl.graphs.static_formulation``) therefore makes
+one Lightning step one whole epoch and each batch step a pure function of an index tensor and the state
+(device-side augmentation picks, ``torch.autograd.grad``, ``dream_pl.graphs.sgd_step_``), which on CUDA is
+captured once per batch shape and replayed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torchmetrics.classification import MulticlassAccuracy
 
-from dream_pl.augment import DiffAugment, cutmix, cutmix_loss
+from dream_pl.augment import DiffAugment, cutmix, cutmix_loss, cutmix_static
+from dream_pl.graphs import GraphedStep, sgd_step_, static_formulation, use_graphs
 from dream_pl.seeding import derive, generator
 
 if TYPE_CHECKING:
@@ -44,6 +51,11 @@ def seeded_nets(factory: Callable[[], nn.Module], seed: int, repeats: int) -> li
     return nets
 
 
+def epoch_lr(protocol: EvalProtocol, epoch: int) -> float:
+    """The lr of 0-based ``epoch``: MultiStepLR stepped once per epoch, for steps that own no optimizer."""
+    return protocol.lr * protocol.lr_gamma ** sum(m <= epoch for m in protocol.milestones())
+
+
 class StackedClassifier(pl.LightningModule):
     """R = ``protocol.repeats`` classifiers trained on one small set, each with its own batches and draws.
 
@@ -56,6 +68,10 @@ class StackedClassifier(pl.LightningModule):
         mean, std: normalisation of the dataset.
         num_classes: K.
         stacked: use ``vmap`` over stacked parameters (default: when the architecture allows it).
+        device: the device the Trainer will train on; with ``protocol.compile`` it picks the formulation
+            (``dream_pl.graphs.static_formulation``), which must be fixed before the Trainer starts.
+        capture: replay the static formulation's batch step from CUDA graphs (default:
+            ``dream_pl.graphs.use_graphs``); ``False`` runs it eagerly, the reference a captured run equals.
     """
 
     def __init__(
@@ -70,8 +86,14 @@ class StackedClassifier(pl.LightningModule):
         std: tuple[float, ...],
         num_classes: int,
         stacked: bool | None = None,
+        device: torch.device | str = "cpu",
+        capture: bool | None = None,
     ) -> None:
         super().__init__()
+        device = torch.device(device)
+        self.static = static_formulation(protocol.compile, device)
+        self.capture = self.static and (use_graphs(protocol.compile, device) if capture is None else capture)
+        self.automatic_optimization = not self.static
         nets = seeded_nets(factory, seed, protocol.repeats)
         self.repeats, self.seed, self.protocol = protocol.repeats, seed, protocol
         self.stacked = supports_stacking(nets[0]) if stacked is None else stacked
@@ -94,6 +116,19 @@ class StackedClassifier(pl.LightningModule):
             MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False)
             for _ in range(self.repeats)
         )
+        # static formulation: the state its batch step reads and updates in place, made on the device at
+        # on_train_start; the lr is a tensor so that a captured step follows the schedule
+        self.register_buffer("lr", torch.tensor(float(protocol.lr)), persistent=False)
+        self._params: list[Tensor] = []
+        self._momentum: list[Tensor] = []
+        self._trained_buffers: list[Tensor] = []
+        self._g: torch.Generator | None = None
+        self._graphs: dict[int, GraphedStep] = {}
+
+    @property
+    def formulation(self) -> str:
+        """How training steps run: "graphs" (captured), "eager-static" (the same, uncaptured) or "off"."""
+        return "graphs" if self.capture else "eager-static" if self.static else "off"
 
     def logits(self, x: Tensor) -> Tensor:
         """x: [R, B, C, H, W] normalised -> [R, B, K], network r on batch r."""
@@ -108,21 +143,116 @@ class StackedClassifier(pl.LightningModule):
         return vmap(one)(params, buffers, x)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        """Batches of indices [R, b]: every repeat reshuffles the set independently each epoch."""
+        """Batches of indices [R, b]: every repeat reshuffles the set independently each epoch.
+
+        The static formulation takes the epoch's [R, N] permutations at once (its step is an epoch), from
+        pinned memory on a GPU: the copy then never waits for the device, so the host can queue epochs ahead.
+        """
         return torch.utils.data.DataLoader(
-            _RepeatBatches(len(self.labels), self.repeats, self.protocol.batch_size, self.seed),
+            _RepeatBatches(
+                len(self.labels), self.repeats, self.protocol.batch_size, self.seed, whole_epochs=self.static
+            ),
             batch_size=None,
+            pin_memory=self.static and self.device.type == "cuda",
         )
 
-    def configure_optimizers(self) -> dict:
-        """SGD with the multi-step schedule (per epoch)."""
+    def configure_optimizers(self) -> dict | list:
+        """SGD with the multi-step schedule (per epoch).
+
+        No optimizer for the static formulation: its batch step applies the same update (``sgd_step_`` at
+        :func:`epoch_lr`) to tensors that a captured graph can own.
+        """
+        if self.static:
+            return []
         p = self.protocol
         opt = torch.optim.SGD(self.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(p.milestones()), p.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-    def training_step(self, idx: Tensor, batch_idx: int) -> Tensor:
-        """Summed CE (CutMix-weighted where drawn) of the R networks on their own batches."""
+    def on_train_start(self) -> None:
+        """Static formulation: allocate, on the training device, the state its batch step updates in place."""
+        if not self.static:
+            return
+        if self.capture and self.device.type != "cuda":
+            raise RuntimeError(f"CUDA-graph capture needs a CUDA device, not {self.device}")
+        self._params = list(self.parameters())
+        self._momentum = [torch.zeros_like(p) for p in self._params]  # torch SGD's first step, exactly
+        self._trained_buffers = [] if self.stacked else list(self.nets.buffers())  # batch-norm statistics
+        self._g = torch.Generator(device=self.device)
+
+    def on_train_end(self) -> None:
+        """Release the captured graphs' memory before testing."""
+        self._graphs.clear()
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
+        """Static formulation: one epoch (``batch``: its [R, N] permutations); otherwise one batch [R, b]."""
+        if self.static:
+            self._train_epoch(batch)
+            return None
+        return self._host_step(batch)
+
+    def _train_epoch(self, perms: Tensor) -> None:
+        """The epoch's batch steps.
+
+        Batch k of the fit draws from the stream the host-decided step k draws its device values from, so
+        the two formulations draw alike wherever neither picks anything (one geometric op, no CutMix).
+        """
+        self.lr.fill_(epoch_lr(self.protocol, self.current_epoch))
+        batches = perms.split(self.protocol.batch_size, dim=1)
+        for i, idx in enumerate(batches):
+            seed = derive(self.seed, "eval_step", self.current_epoch * len(batches) + i, "device")
+            if self.capture:
+                step = self._graph(idx.shape[1])
+                step.inputs[0].copy_(idx)
+                self._g.manual_seed(seed)
+                step()
+            else:
+                self._g.manual_seed(seed)
+                self._batch_step(idx)
+
+    def _graph(self, b: int) -> GraphedStep:
+        """The batch step for b images per repeat, captured on first use (an epoch's last batch is short)."""
+        if b not in self._graphs:
+            self._graphs[b] = GraphedStep(
+                self._batch_step,
+                [torch.zeros(self.repeats, b, dtype=torch.long, device=self.device)],
+                state=[*self._params, *self._trained_buffers, *self._momentum],
+                generators=[self._g],
+            )
+        return self._graphs[b]
+
+    def _batch_step(self, idx: Tensor) -> Tensor:
+        """One SGD step of the R networks on their batches idx [R, b]; returns the summed loss.
+
+        A function of ``idx``, the state and ``self._g`` only: device-side op picks and CutMix decisions, no
+        host read, no host-to-device copy, so the same code runs eagerly or captured in a CUDA graph.
+        """
+        p = self.protocol
+        x = (self.images[idx] - self.mean) / self.std  # [R, b, C, H, W]
+        y = self.labels[idx]
+        x = self.aug(x.flatten(0, 1), shared=False, generator=self._g, static=True).view_as(x)
+        if p.cutmix_p > 0:
+            g = self._g
+            mixed = [cutmix_static(xr, yr, p.cutmix_p, generator=g) for xr, yr in zip(x, y, strict=True)]
+            loss = self._summed_loss(torch.stack([m[0] for m in mixed]), [m[1:] for m in mixed])
+        else:
+            loss = F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / idx.shape[1]
+        grads = torch.autograd.grad(loss, self._params)
+        sgd_step_(
+            self._params, grads, self._momentum, lr=self.lr, momentum=p.momentum, weight_decay=p.weight_decay
+        )
+        return loss.detach()
+
+    def _summed_loss(self, x: Tensor, targets: list[tuple[Tensor, Tensor, float | Tensor]]) -> Tensor:
+        """Sum over repeats of the CutMix loss of network r on x[r] with targets[r] = (y_a, y_b, lam)."""
+        logits = self.logits(x)
+        return sum(cutmix_loss(lr, ya, yb, lam) for lr, (ya, yb, lam) in zip(logits, targets, strict=True))
+
+    def _host_step(self, idx: Tensor) -> Tensor:
+        """Summed CE (CutMix-weighted where drawn) of the R networks on their own batches.
+
+        Draws that pick a code path come from a CPU generator: no device sync, but nothing to capture.
+        """
         b = idx.shape[1]
         x = (self.images[idx] - self.mean) / self.std  # [R, b, C, H, W]
         y = self.labels[idx]
@@ -140,8 +270,7 @@ class StackedClassifier(pl.LightningModule):
             else:
                 targets.append((yr, yr, 1.0))
             mixed.append(xr)
-        logits = self.logits(torch.stack(mixed))
-        return sum(cutmix_loss(lr, ya, yb, lam) for lr, (ya, yb, lam) in zip(logits, targets, strict=True))
+        return self._summed_loss(torch.stack(mixed), targets)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Top-1 of every network on a real test batch."""
@@ -157,22 +286,25 @@ class StackedClassifier(pl.LightningModule):
 
 
 class _RepeatBatches(torch.utils.data.IterableDataset):
-    """One epoch of index batches [R, b]; each repeat has its own permutation, seeded per epoch."""
+    """One epoch of index batches [R, b]; each repeat has its own permutation, seeded per epoch.
 
-    def __init__(self, n: int, repeats: int, batch_size: int, seed: int) -> None:
-        self.n, self.repeats, self.batch_size, self.seed, self.epoch = (
-            n,
-            repeats,
-            batch_size,
-            seed,
-            0,
-        )
+    ``whole_epochs``: yield the epoch's permutations [R, N] as one item (one host-to-device copy per epoch).
+    """
+
+    def __init__(
+        self, n: int, repeats: int, batch_size: int, seed: int, *, whole_epochs: bool = False
+    ) -> None:
+        self.n, self.repeats, self.batch_size, self.seed, self.epoch = n, repeats, batch_size, seed, 0
+        self.whole_epochs = whole_epochs
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return 1 if self.whole_epochs else math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
         g = generator(self.seed, "eval_epoch", self.epoch)
         self.epoch += 1
         perms = torch.stack([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
-        yield from perms.split(self.batch_size, dim=1)
+        if self.whole_epochs:
+            yield perms
+        else:
+            yield from perms.split(self.batch_size, dim=1)
