@@ -92,9 +92,8 @@ def clustering_ms(module: DistillModule, args: argparse.Namespace) -> tuple[floa
     module.refresh_selection(0)  # warms the embedding pass and K-means up
     event = timed(lambda: module.refresh_selection(args.interval), args.device)
     sampler, real = module.sampler, module.real
-    embed = timed(
-        lambda: [sampler.embed(module.net, real, c, None) for c in range(real.num_classes)], args.device
-    )
+    cands = [sampler.candidates(real, c, 0) for c in range(real.num_classes)]  # embed_subset, if set
+    embed = timed(lambda: [sampler.embed(module.net, real, c, x) for c, x in enumerate(cands)], args.device)
     return 1000 * event, 1000 * embed
 
 
