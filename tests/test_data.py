@@ -409,3 +409,31 @@ def test_sample_pairs_images_with_their_labels(realset, mnist_5k):
     pixels = (realset.denormalize(images) * 255).round().to(torch.uint8)
     by_hash = dict(zip(image_hashes(mnist_5k.train_images), mnist_5k.train_labels.tolist(), strict=True))
     assert [by_hash[h] for h in image_hashes(pixels)] == labels.tolist()
+
+
+def test_a_process_keeps_only_its_classes_and_the_shares_sum_to_the_whole_batch(mnist_5k):
+    """RealSet.keep: a sharded run's share of the real set; random batches over every class add up."""
+    whole = RealSet.from_data(mnist_5k, "train")
+    shares = [whole.keep(range(r, 10, 3)) for r in range(3)]  # classes dealt as to 3 processes
+    assert [s.held for s in shares] == [(0, 3, 6, 9), (1, 4, 7), (2, 5, 8)]
+    assert [s.images.shape[0] for s in shares] == [1600, 1200, 1200]  # 400 images per class
+    assert sum(s.images.nbytes for s in shares) == whole.images.nbytes
+    assert all(len(s) == len(whole) and s.class_sizes == whole.class_sizes for s in shares)
+    assert not shares[0].complete
+    assert whole.complete
+    for c in (0, 5, 7):
+        share = shares[c % 3]
+        assert torch.equal(share.class_images(c), whole.class_images(c))
+        idx = torch.tensor([3, 0, 399])
+        assert torch.equal(share.class_images(c, idx), whole.class_images(c, idx))
+    with pytest.raises(ValueError, match=r"class 1 is not held by this process; it holds \[0, 3, 6, 9\]"):
+        shares[0].class_images(1)
+    x, y = whole.sample(64, torch.Generator().manual_seed(4))
+    parts = [s.sample(64, torch.Generator().manual_seed(4)) for s in shares]
+    assert all(torch.equal(py, y) for _, py in parts)  # labels known without the images
+    torch.testing.assert_close(sum(px for px, _ in parts), x, rtol=0, atol=0)
+    for (px, _), share in zip(parts, shares, strict=True):
+        others = ~torch.isin(y, torch.tensor(share.held))
+        assert not px[others].any()  # zero rows: their holders fill them
+    empty = whole.keep([])
+    assert not empty.sample(8, torch.Generator().manual_seed(0))[0].any()

@@ -75,6 +75,9 @@ def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path
     torch.testing.assert_close(load_synthetic(tmp_path / "moved").images, one.images, rtol=0, atol=1e-6)
     logs = sorted(p.name for p in (tmp_path / "two").glob("*.log"))
     assert logs == ["train.log", "train_rank1.log"]  # both processes wrote into the one run folder
+    for rank, name in enumerate(logs):  # each process held half the real set: its own classes' images
+        text = (tmp_path / "two" / name).read_text()
+        assert f"rank {rank} holds the real images of 5 of 10 classes: 1.5 of 3.0 MB" in text
 
 
 def test_the_evaluation_is_dealt_over_processes_and_equals_one_processes(tmp_path):
@@ -93,3 +96,23 @@ def test_the_evaluation_is_dealt_over_processes_and_equals_one_processes(tmp_pat
     assert [r["set"] for r in two] == [r["set"] for r in one] == sets
     assert [r["accuracies"] for r in two] == [r["accuracies"] for r in one]
     assert (tmp_path / "two" / "csv" / "metrics.csv").is_file()
+
+
+def test_dream_pl_evaluate_over_two_processes_equals_one(tmp_path):
+    """``dream_pl.evaluate trainer=ddp``: the (architecture, set) pairs dealt over 2 processes started by
+    Lightning Fabric; eval.json equals the one-process file accuracy for accuracy, rank 0 alone writes it."""
+    train(tmp_path / "run", "iterations=1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tiny = ("evaluation.epochs=2", "repeats=2", "model.width=8", "trainer.enable_progress_bar=false")
+
+    def evaluate(out: Path, *extra: str) -> list[dict]:
+        args = [sys.executable, "-m", "dream_pl.evaluate", f"synthetic={tmp_path / 'run'}", f"out_dir={out}"]
+        run = subprocess.run([*args, *tiny, *extra], env=env, capture_output=True, text=True, timeout=HANG_S)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads((out / "eval.json").read_text())
+
+    two = evaluate(tmp_path / "two", *DDP, "trainer.accelerator=cpu")
+    one = evaluate(tmp_path / "one")
+    assert [r["set"] for r in two] == [r["set"] for r in one] == ["distilled", "random real (ipc 1)"]
+    assert [r["accuracies"] for r in two] == [r["accuracies"] for r in one]
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.log")) == ["eval_rank1.log", "evaluate.log"]

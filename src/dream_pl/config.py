@@ -236,10 +236,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("match_dsa", "net_dsa"):
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
-    strategy = cfg.trainer.get("strategy")
-    sharded = OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("ClassShardedDDP")
     _require(
-        not (sharded and d.image_step == "per_class"),
+        not (sharded_trainer(cfg) and d.image_step == "per_class"),
         "distill.image_step=per_class steps the images after each class in turn, which classes sharded "
         "over processes (trainer=ddp) cannot do; allowed with trainer=ddp: joint",
     )
@@ -265,6 +263,12 @@ def validate(cfg: DictConfig) -> None:
         _check_choice("matcher.metric", cfg.matcher.metric, METRICS)
     _validate_selection(cfg)
     validate_evaluation(cfg.evaluation)
+
+
+def sharded_trainer(cfg: DictConfig) -> bool:
+    """Whether the ``trainer`` block runs several processes with classes (or evaluations) dealt out."""
+    strategy = cfg.trainer.get("strategy")
+    return OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("ClassShardedDDP")
 
 
 def _validate_selection(cfg: DictConfig) -> None:

@@ -6,6 +6,7 @@ batches; Fig. 1(a) and Fig. 3 compare the gradient norms of selected and random 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -98,8 +99,11 @@ def selection_diagnostics(
     *,
     max_classes: int,
     reference: int,
+    classes: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """The sampler's batch vs a random batch of the same size, for the first ``max_classes`` classes.
+
+    ``classes``: only those of them (a process's own classes when classes are sharded).
 
     Per class, ``reference`` random images of the class stand for the whole class. ``mmd_*``: [classes]
     RBF MMD^2 of each batch to the reference in the network's feature space (Fig. 2c). ``graddist_*``:
@@ -114,6 +118,8 @@ def selection_diagnostics(
     net.eval()
     device = real.images.device
     for c in range(min(max_classes, real.num_classes)):
+        if classes is not None and c not in classes:
+            continue
         selected = sampler.indices(real, c, g).to(device)
         random = real.sample_class(c, len(selected), g).to(device)
         ref = real.sample_class(c, min(reference, real.class_sizes[c]), g).to(device)
@@ -131,6 +137,8 @@ def selection_diagnostics(
         stats["gn_selected"].append(per_sample_grad_norms(net, x_sel, y))
         stats["gn_random"].append(per_sample_grad_norms(net, x_rnd, y))
     net.train(was_training)
+    if not stats["mmd_selected"]:  # none of the classes asked for is held here
+        return {}
     out = {k: torch.cat(v) if k.startswith("gn") else torch.stack(v) for k, v in stats.items()}
     out["graddist_ratio"] = out["graddist_selected"] / out["graddist_random"]
     return out

@@ -146,6 +146,17 @@ class DistillModule(pl.LightningModule):
                 "sharded over processes cannot do; allowed with trainer=ddp: joint"
             )
         self._choose_formulation()
+        if self.shard.sharded and self.real.complete:  # each process keeps only its classes' real images
+            whole = self.real.images.nbytes
+            self.real = self.real.keep(self.shard.classes)
+            log.info(
+                "rank %d holds the real images of %d of %d classes: %.1f of %.1f MB",
+                self.shard.rank,
+                len(self.real.held),
+                self.real.num_classes,
+                self.real.images.nbytes / 2**20,
+                whole / 2**20,
+            )
         self.real = self.real.to(self.device)
         self.sampler.to(self.device)
         if not bool(self.initialized):
@@ -332,6 +343,13 @@ class DistillModule(pl.LightningModule):
     def _labels(self, c: int, n: int) -> Tensor:
         return torch.full((n,), c, device=self.device, dtype=torch.long)
 
+    def _real_batch(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A random real batch over every class; classes sharded, each process adds the rows it holds."""
+        x, y = self.real.sample(self.cfg.batch_real, g)
+        if not self.real.complete:
+            self.shard.sum_(x)
+        return x, y
+
     def train_net(self, g_cpu: torch.Generator, g_dev: torch.Generator) -> Tensor:
         """Train the matching network on random real batches (per-sample DSA + CutMix) for n_data samples.
 
@@ -341,7 +359,7 @@ class DistillModule(pl.LightningModule):
         steps = math.ceil(self.cfg.n_data / self.cfg.batch_real)
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
-            x, y = self.real.sample(self.cfg.batch_real, g_dev)
+            x, y = self._real_batch(g_dev)
             x = self.net_aug(x, shared=False, generator=g_dev, choice_generator=g_cpu)
             if float(torch.rand((), generator=g_cpu)) < self.cfg.net_cutmix_p:
                 x, y_a, y_b, lam = cutmix(x, y, generator=g_cpu)
@@ -376,7 +394,8 @@ class DistillModule(pl.LightningModule):
                 "or off (or distill.image_step=joint with a precision without a loss scaler)"
             )
         self.static = not blockers and static_formulation(mode, self.device)
-        self.capture = self.static and use_graphs(mode, self.device)
+        # collectives (classes sharded) stay outside graphs: the capturable step then runs eagerly
+        self.capture = self.static and use_graphs(mode, self.device) and not self.shard.sharded
         if self.static:
             owned = self.shard.classes
             self._match_gens = {c: torch.Generator(device=self.device) for c in owned}
@@ -501,7 +520,7 @@ class DistillModule(pl.LightningModule):
     def _net_step(self) -> Tensor:
         """One capturable network update: batch, per-sample DSA, CutMix (decided on the device), SGD."""
         g = self._net_gen
-        x, y = self.real.sample(self.cfg.batch_real, g)
+        x, y = self._real_batch(g)
         x = self.net_aug(x, shared=False, generator=g, static=True)
         x, y_a, y_b, lam = cutmix_static(x, y, self.cfg.net_cutmix_p, generator=g)
         loss = cutmix_loss(self.net(x), y_a, y_b, lam)
@@ -518,7 +537,10 @@ class DistillModule(pl.LightningModule):
         return loss.detach()
 
     def selection_diagnostics(self, step: int, max_classes: int, reference: int) -> dict[str, Tensor]:
-        """The sampler's matching batches against random ones on the current network (Fig. 1a, 2c, 3)."""
+        """The sampler's matching batches against random ones on the current network (Fig. 1a, 2c, 3).
+
+        Classes sharded, each process analyses the classes it holds among the first ``max_classes``.
+        """
         return selection_diagnostics(
             self.net,
             self.real,
@@ -526,6 +548,7 @@ class DistillModule(pl.LightningModule):
             generator(self.cfg.seed, "diagnostics", step),
             max_classes=max_classes,
             reference=reference,
+            classes=self.real.held,
         )
 
     # --------------------------------------------------------------- plumbing

@@ -100,15 +100,19 @@ class RandomRealInit:
         seed: int,
         classes: tuple[int, ...] | None = None,
     ) -> Tensor:
-        """Tile ``ipc * f^2`` real images per class (every class: cheap, so ``classes`` is not needed)."""
-        del net, classes
+        """Tile ``ipc * f^2`` real images per class (of ``classes``; the others stay 0).
+
+        Every class's pick is drawn in turn from one stream, so a class gets the same images alone or not.
+        """
+        del net
         k = ipc * factor**2
         if self.order == "first":
             picks = [torch.arange(k) for _ in range(real.num_classes)]
         else:
             g = torch.Generator().manual_seed(seed)
             picks = [torch.randperm(real.class_sizes[c], generator=g)[:k] for c in range(real.num_classes)]
-        return _tile_classes(real, {c: p.to(real.images.device) for c, p in enumerate(picks)}, factor, ipc)
+        kept = range(real.num_classes) if classes is None else classes
+        return _tile_classes(real, {c: picks[c].to(real.images.device) for c in kept}, factor, ipc)
 
 
 class NoiseInit:

@@ -31,6 +31,7 @@ from dream_pl.config import (
     ConfigError,
     from_block,
     sampler_selects,
+    sharded_trainer,
     validate,
     validate_against_data,
     validate_eval,
@@ -236,17 +237,43 @@ def evaluation_sets(cfg: DictConfig, real: RealData) -> dict[str, tuple[Tensor, 
     return sets
 
 
+def start_processes(cfg: DictConfig) -> None:
+    """``trainer=ddp``: Lightning Fabric starts the processes (and their group) evaluations are dealt over.
+
+    Its launcher re-runs the command once per extra process, as the Trainer's does for ``dream_pl.train``;
+    :func:`evaluate_sets` then deals the (architecture, set) pairs out and gathers the rows.
+    """
+    if not sharded_trainer(cfg):
+        return
+    from lightning_fabric import Fabric
+    from lightning_fabric.strategies import DDPStrategy
+
+    trainer, strategy = cfg.trainer, cfg.trainer.strategy
+    ddp = DDPStrategy(
+        process_group_backend=strategy.process_group_backend, timeout=instantiate(strategy.timeout)
+    )
+    Fabric(
+        accelerator=trainer.accelerator, devices=trainer.devices, num_nodes=trainer.num_nodes, strategy=ddp
+    ).launch()
+
+
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Resolve the set(s), evaluate them, write ``eval.json`` (the output folder locked meanwhile)."""
+    """Resolve the set(s), evaluate them, write ``eval.json`` (the output folder locked meanwhile).
+
+    With ``trainer=ddp`` the evaluations are dealt out over the processes; rank 0 locks and writes.
+    """
     validate_eval(cfg)
     out = output_dir(cfg)
-    with RunLock(out):
+    first = launched_rank_zero()
+    with RunLock(out) if first else nullcontext():
+        start_processes(cfg)
         torch.set_float32_matmul_precision(cfg.trainer.get("matmul_precision", "highest"))
         pl.seed_everything(cfg.seed, verbose=False)
         real = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
         rows = evaluate_sets(cfg, real, evaluation_sets(cfg, real))
-        write_report(rows, out)
-        for logger in make_loggers(cfg, out, job_type="eval"):
-            logger.log_metrics(eval_metrics(rows), step=0)
-            logger.finalize("success")
+        if first:
+            write_report(rows, out)
+            for logger in make_loggers(cfg, out, job_type="eval"):
+                logger.log_metrics(eval_metrics(rows), step=0)
+                logger.finalize("success")
     return rows

@@ -36,7 +36,8 @@ class DiagnosticsCallback(pl.Callback):
         if step % self.every_n_steps:
             return
         stats = pl_module.selection_diagnostics(step, self.max_classes, self.reference)
-        self._log(trainer, pl_module, stats)
+        if stats:  # a process of a sharded run may hold none of the analysed classes
+            self._log(trainer, pl_module, stats)
 
     def _log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: dict[str, torch.Tensor]

@@ -7,6 +7,7 @@ class is a contiguous slice, is normalised on the fly: a twelfth of the memory.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -55,9 +56,44 @@ class RealSet:
         self.labels = labels.cpu()[order].long().to(device)  # [N]
         counts = torch.bincount(self.labels.cpu(), minlength=num_classes or 0)  # [K]
         self._sizes: list[int] = counts.tolist()
-        self._offsets: list[int] = [0, *counts.cumsum(0).tolist()]
+        self._offsets: list[int] = [0, *counts.cumsum(0).tolist()]  # where each class starts, globally
+        self._starts: list[int] = self._offsets[:-1]  # ... and in ``images`` (differs once classes are kept)
+        self.held: tuple[int, ...] = tuple(range(len(self._sizes)))
+        self._index_maps()
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def _index_maps(self) -> None:
+        """Device tensors that turn a global index into its class and its row in ``images``."""
+        device = self.images.device
+        self._bounds = torch.tensor(self._offsets[1:], device=device)  # class of i: bucketize(i, bounds)
+        shift = torch.zeros(len(self._sizes), dtype=torch.long)
+        held = torch.zeros(len(self._sizes), dtype=torch.bool)
+        for c in self.held:
+            shift[c], held[c] = self._starts[c] - self._offsets[c], True
+        self._shift, self._held_mask = shift.to(device), held.to(device)
+
+    def keep(self, classes: Sequence[int]) -> RealSet:
+        """A set holding only ``classes``' images (a process's share in a sharded run); sizes stay global.
+
+        Matching, clustering and initialisation read held classes only; a random batch over the whole set
+        (:meth:`sample`) gets zero rows for the other classes, which their holders fill (sum over processes).
+        """
+        kept = copy.copy(self)
+        kept.held = tuple(sorted(classes))
+        parts = [self.class_slice(c) for c in kept.held]
+        kept.images = torch.cat([self.images[part] for part in parts]) if parts else self.images[:0]
+        kept.labels = torch.cat([self.labels[part] for part in parts]) if parts else self.labels[:0]
+        kept._starts, start = list(self._starts), 0
+        for c in kept.held:
+            kept._starts[c], start = start, start + self._sizes[c]
+        kept._index_maps()
+        return kept
+
+    @property
+    def complete(self) -> bool:
+        """Whether every class's images are held here."""
+        return len(self.held) == len(self._sizes)
 
     @classmethod
     def from_data(cls, data: RealData, split: str = "train", device: str | torch.device = "cpu") -> RealSet:
@@ -68,11 +104,12 @@ class RealSet:
         return cls(images, labels, data.spec.mean, data.spec.std, device, data.spec.num_classes)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        """Images of the whole set (of every class, held here or not)."""
+        return self._offsets[-1]
 
     def to(self, device: str | torch.device) -> RealSet:
         """Move storage and statistics to ``device`` in place (the uint8 copy stays the only one)."""
-        for name in ("images", "labels", "mean", "std"):
+        for name in ("images", "labels", "mean", "std", "_bounds", "_shift", "_held_mask"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -87,8 +124,10 @@ class RealSet:
         return list(self._sizes)
 
     def class_slice(self, c: int) -> slice:
-        """Where class ``c`` sits in the sorted storage."""
-        return slice(self._offsets[c], self._offsets[c + 1])
+        """Where class ``c`` sits in the sorted storage (``images``)."""
+        if c not in self.held and not self.complete:
+            raise ValueError(f"class {c} is not held by this process; it holds {list(self.held)}")
+        return slice(self._starts[c], self._starts[c] + self._sizes[c])
 
     def to_pixels(self, x: Tensor) -> Tensor:
         """uint8 pixels -> float in [0, 1] on the set's device."""
@@ -121,7 +160,15 @@ class RealSet:
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``n`` normalised images and their labels drawn uniformly from the whole set.
 
-        Used for the matching network's own updates, which see all classes mixed.
+        Used for the matching network's own updates, which see all classes mixed. Images of classes not
+        held here (:meth:`keep`) are zero rows: the sum over the processes that hold them is the batch.
         """
         index = draw_indices(len(self), n, generator).to(self.images.device)
-        return self.get(index), self.labels[index]
+        if self.complete:
+            return self.get(index), self.labels[index]
+        label = torch.bucketize(index, self._bounds, right=True)
+        held = self._held_mask[label]
+        if not self.held:  # more processes than classes: this one holds none
+            return self.normalize(self.images.new_zeros(n, *self.images.shape[1:])) * 0, label
+        rows = torch.where(held, index + self._shift[label], 0)
+        return self.get(rows) * held.view(-1, 1, 1, 1), label
