@@ -100,6 +100,8 @@ def dataset_spec(dataset: DictConfig) -> DatasetSpec:
     shape = {"size": int(options["size"])} if "size" in options else {}
     if "classes" in options:
         shape["num_classes"] = len(options["classes"])
+    if "nclass" in options:
+        shape["num_classes"] = int(options["nclass"])
     return get_spec(dataset.name, **shape)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
+from dream_pl.data.prepare import prepare, prepared_key, read_prepared
 from dream_pl.data.specs import DatasetSpec, get_spec
 from dream_pl.errors import UserError
 
@@ -143,17 +144,35 @@ def _decode(samples: Sequence[tuple[str | Path, int]], transform: Callable) -> t
     return torch.stack([transform(default_loader(p)) for p, _ in samples]), [c for _, c in samples]
 
 
-def _read_imagenet(folder: Path, classes: Sequence[str], size: int) -> _Splits | None:
-    if not all((folder / s / w).is_dir() for s in ("train", "val") for w in classes):
+def _imagenet_items(folder: Path, classes: Sequence[str]) -> list[list[tuple[str, int]]] | None:
+    """ImageFolder's file listing of train/ and val/, labelled in the order of ``classes``."""
+    if not classes or not all((folder / s / w).is_dir() for s in ("train", "val") for w in classes):
         return None
-    # ImageFolder's file listing, labelled in the order of `classes` rather than alphabetically.
     index = {wnid: i for i, wnid in enumerate(classes)}
-    splits = [make_dataset(str(folder / s), index, IMG_EXTENSIONS) for s in ("train", "val")]
-    # Shorter side to `size`, then a centre crop, as the reference does; kept as uint8.
-    resize = transforms.Compose(
+    return [make_dataset(str(folder / s), index, IMG_EXTENSIONS) for s in ("train", "val")]
+
+
+def _resize(size: int) -> Callable:
+    """Shorter side to ``size``, then a centre crop, as the reference does; kept as uint8."""
+    return transforms.Compose(
         [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
     )
-    return [_decode(samples, resize) for samples in splits]
+
+
+def _read_imagenet(folder: Path, classes: Sequence[str], size: int) -> _Splits | None:
+    splits = _imagenet_items(folder, classes)
+    return None if splits is None else [_decode(samples, _resize(size)) for samples in splits]
+
+
+def _first_wnids(folder: Path, nclass: int) -> list[str]:
+    """The first ``nclass`` class folders of ``folder/train`` in sorted order (ImageNet-1K: all 1,000)."""
+    train = folder / "train"
+    wnids = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
+    return wnids[:nclass] if len(wnids) >= nclass else []
+
+
+def _read_imagenet_all(folder: Path, nclass: int, size: int) -> _Splits | None:
+    return _read_imagenet(folder, _first_wnids(folder, nclass), size)
 
 
 def _download(class_name: str, subdir: str, splits: Sequence[dict], data_dir: Path) -> None:
@@ -180,6 +199,8 @@ _SOURCES: dict[str, _Source] = {
                              "tensors) or the tiny-imagenet-200/ folder as released", _read_tiny),
     "imagenet_subset": _Source(("", "imagenet"), "train/<wnid>/ and val/<wnid>/ image folders",
                                _read_imagenet, defaults={"classes": IMAGENET10_WNIDS, "size": 224}),
+    "imagenet": _Source(("", "imagenet"), "train/<wnid>/ and val/<wnid>/ image folders (at least nclass)",
+                        _read_imagenet_all, defaults={"nclass": 1000, "size": 64}),
 }  # fmt: skip
 
 
@@ -292,9 +313,14 @@ def load_dataset(
     if name == "mnist_5k":
         return _report(name, _load_mnist_5k(spec))
     source, options = _SOURCES[name], {**defaults, **options}
-    if "classes" in options:
-        spec = get_spec(name, size=int(options["size"]), num_classes=len(options["classes"]))
+    if "classes" in options or "nclass" in options:
+        count = len(options["classes"]) if "classes" in options else int(options["nclass"])
+        spec = get_spec(name, size=int(options["size"]), num_classes=count)
     base = Path(data_dir) if data_dir is not None else None
+    if base and (prepared := read_prepared(base / "prepared" / prepared_key(name, options))) is not None:
+        (x_train, y_train), (x_test, y_test) = prepared[1]
+        folder = base / "prepared" / prepared_key(name, options)
+        return _report(name, RealData(spec, x_train, y_train, x_test, y_test, source=str(folder)))
     roots = ([base] if base else []) + [Path(r) for r in SYSTEM_ROOTS]
     found, failure, note = _search(source, roots, options), "", ""
     if found is None and download and base and source.download is not None:
@@ -308,3 +334,48 @@ def load_dataset(
     label = lambda y: torch.as_tensor(y).long()  # noqa: E731
     return _report(name, RealData(spec, torch.as_tensor(x_train), label(y_train), torch.as_tensor(x_test),
                                   label(y_test), source=str(found[1])), note)  # fmt: skip
+
+
+def prepare_dataset(name: str, data_dir: Path, *, progress: bool = True, **options: object) -> Path:
+    """Convert ``name`` (with its options) into ``data_dir/prepared/<key>/`` (see :mod:`.prepare`).
+
+    ImageNet folders are decoded class by class, so memory holds one class at a time; other datasets are
+    loaded as usual and split into classes.
+    """
+    spec = get_spec(name)
+    defaults = _SOURCES[name].defaults if name in _SOURCES else {}
+    if unknown := set(options) - set(defaults):
+        raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
+    options = {**defaults, **options}
+    folder = data_dir / "prepared" / prepared_key(name, options)
+    if name in ("imagenet", "imagenet_subset"):
+        root = next(
+            (
+                data_dir / layout
+                for layout in _SOURCES[name].layouts
+                if (data_dir / layout / "train").is_dir()
+            ),
+            None,
+        )
+        wnids = (
+            list(options["classes"])
+            if "classes" in options
+            else (_first_wnids(root, int(options["nclass"])) if root else [])
+        )
+        items = _imagenet_items(root, wnids) if root else None
+        if items is None:
+            raise _not_found(name, _SOURCES[name], data_dir, [data_dir], options, "")
+        spec = get_spec(name, size=int(options["size"]), num_classes=len(wnids))
+        per_class = [
+            (w, [it for it in items[0] if it[1] == c], [it for it in items[1] if it[1] == c])
+            for c, w in enumerate(wnids)
+        ]
+        return prepare(
+            spec, folder, per_class, lambda its: _decode(its, _resize(spec.size))[0], progress=progress
+        )
+    data = load_dataset(name, data_dir, **options)
+    per_class = [
+        (str(c), data.train_images[data.train_labels == c], data.test_images[data.test_labels == c])
+        for c in range(data.spec.num_classes)
+    ]
+    return prepare(data.spec, folder, per_class, lambda images: images, progress=progress)

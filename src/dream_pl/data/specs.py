@@ -48,6 +48,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("tiny_imagenet", 3, 64, 200, *_IMAGENET_STATS),
         # Size and class count depend on the chosen subset; see `get_spec` overrides.
         DatasetSpec("imagenet_subset", 3, 224, 10, *_IMAGENET_STATS),
+        DatasetSpec("imagenet", 3, 64, 1000, *_IMAGENET_STATS),  # options: nclass (first N wnids), size
     )
 }
 
