@@ -247,3 +247,10 @@ def test_batched_selection_quality_equals_per_class():
     for c, f in enumerate(feats):
         expected = selection_quality(f, chosen[c])
         assert batched[c] == pytest.approx(expected, rel=1e-5)
+
+
+def test_batched_nearest_refuses_a_class_with_too_few_valid_rows():
+    xs = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(6)[None] < torch.tensor([6, 3])[:, None]
+    with pytest.raises(ValueError, match=r"K=2 centres x n=2 samples need K\*n <= M, got M=3"):
+        batched_nearest_to_centres(xs, xs[:, :2], 2, mask)

@@ -92,7 +92,8 @@ def test_default_selection_is_as_representative_as_a_random_batch(fashion, kmean
     net = create_model("convnet", channels=1, num_classes=10, size=28, width=32)
     sampler = RepresentativeSampler(128, backend="torch", kmeans_init=kmeans_init, embed_subset=1000)
     sampler.refresh(net, fashion, seed=0)
-    stats = selection_diagnostics(net, fashion, sampler, generator(0, "test"), max_classes=10, reference=1000)
+    streams = lambda c: generator(0, "test", c)  # noqa: E731
+    stats = selection_diagnostics(net, fashion, sampler, streams, max_classes=10, reference=1000)
     ratio = float(stats["graddist_ratio"].mean())  # as logged: the mean over classes of selected / random
     low, high = bound
     assert low is None or ratio > low, ratio

@@ -120,3 +120,39 @@ def test_captured_steps_equal_the_same_steps_run_eagerly(tmp_path, tiny_cfg, sam
     for p, q in zip(params, eager_params, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
     assert not torch.equal(images, prepared(cfg, compile_mode="on", device="cuda").synthetic.images.double())
+
+
+def test_a_resumed_networks_momentum_follows_the_module_to_its_device_and_dtype(tmp_path, tiny_cfg):
+    """Lightning restores before it moves the module: the network optimiser's state must follow it
+    (here a dtype move stands for the device move, which takes the same path)."""
+    cfg = tiny_cfg(tmp_path, "sampler=random", "init=random")
+    module = prepared(cfg, compile_mode="on")
+    module.distill_step(0)
+    state = module.net_opt.state_dict()
+    restored = prepared(cfg, compile_mode="on")
+    restored.net_opt.load_state_dict(state)  # as on_load_checkpoint does, before the move
+    restored.to(torch.float64)
+    restored.prepare()
+    for p in restored.net.parameters():
+        assert restored.net_opt.state[p]["momentum_buffer"].dtype == torch.float64
+    assert all(b.dtype == torch.float64 for b in restored._net_momentum())
+
+
+def test_a_process_holding_no_classes_takes_the_others_image_step(tmp_path, tiny_cfg):
+    """More processes than classes: a process with none matches nothing and adds zeros to the sum."""
+    import torch.distributed as dist
+
+    from dream_pl.sharding import Shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for mode in ("off", "on"):
+            cfg = tiny_cfg(tmp_path / mode, "sampler=random", "init=random")
+            module = prepared(cfg, compile_mode=mode)
+            module.shard, module.real = Shard(0, 2, ()), module.real.keep(())
+            before = module.synthetic.images.detach().clone()
+            out = module.distill_step(0)
+            assert float(out["loss"]) == 0.0
+            assert torch.equal(module.synthetic.images, before)  # a zero gradient: nothing moves
+    finally:
+        dist.destroy_process_group()

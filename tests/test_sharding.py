@@ -5,12 +5,14 @@ changes float reduction order, which can flip which image is nearest a K-means c
 counts the sharded run equals the single-process run bit for bit.
 """
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from clitools import HANG_S
 
@@ -62,9 +64,19 @@ def test_without_a_process_group_one_process_owns_every_class():
     assert shard.sum_(grad) is grad  # a no-op
 
 
+def diagnostics(out: Path) -> list[float]:
+    """The logged ``distill/diag/mmd_selected`` values of a run, in step order."""
+    rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
+    return [float(r["distill/diag/mmd_selected"]) for r in rows if r.get("distill/diag/mmd_selected")]
+
+
 def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path):
-    train(tmp_path / "two", *DDP, "iterations=2")
-    train(tmp_path / "one", "iterations=2")
+    logged = ("diagnostics_every=2", "logger=csv", "trainer.log_every_n_steps=1")
+    train(tmp_path / "two", *DDP, "iterations=2", *logged)
+    train(tmp_path / "one", "iterations=2", *logged)
+    # the diagnostics of every class, computed where each class is held and merged, as one process has them
+    assert len(set(diagnostics(tmp_path / "one"))) == 3  # steps 0, 2, 4
+    assert diagnostics(tmp_path / "two") == pytest.approx(diagnostics(tmp_path / "one"), rel=1e-5)
     two, one = load_synthetic(tmp_path / "two"), load_synthetic(tmp_path / "one")
     moved = (one.images - load_synthetic(tmp_path / "one" / "synthetic_init.pt").images).abs().max()
     assert moved > 0.5

@@ -195,7 +195,8 @@ class DiffAugment(nn.Module):
     def _random_geometric_static(self, x: Tensor, draw: _Draw) -> Tensor:
         """One geometric op per call, picked by a device draw; every candidate is computed (in TOKENS order).
 
-        With a single geometric token no pick is drawn, so the draws equal the host-picked path's.
+        With a single geometric token no pick is drawn, so the draws equal those of the host path picking
+        with a ``choice_generator``.
         """
         candidates = [getattr(self, f"_random_{op}")(x, draw) for op in self.geometric]
         if len(candidates) == 1:

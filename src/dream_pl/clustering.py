@@ -125,7 +125,7 @@ def _lloyd(x: Tensor, mask: Tensor, k: int, seeds: list[int], cfg: dict) -> list
     """Batched Lloyd iterations; a class stops once its relative improvement is <= tol.
 
     The bookkeeping (which classes still move, their objectives) stays on the device: a GPU run reads
-    back one flag per iteration (are any classes still moving), not the objectives of every class.
+    back two flags per iteration (any class still moving, any empty cluster), not every class's objective.
     """
     rows = torch.arange(x.shape[0], device=x.device)
     centroids = x[rows[:, None], _init_indices(x, mask, k, seeds, cfg["init"])]  # [C, K, D]
@@ -284,6 +284,9 @@ def batched_nearest_to_centres(
     class (the first is ~1,000 launches per DREAM clustering event on a GPU, the second was ~1,300 syncs).
     """
     c, k = centroids.shape[:2]
+    valid = mask.sum(1) if mask is not None else torch.full((c,), xs.shape[1], device=xs.device)
+    if (small := int(valid.min())) < k * n:
+        raise ValueError(f"K={k} centres x n={n} samples need K*n <= M, got M={small} valid rows in a class")
     d = pairwise_sq_dists(centroids, xs)  # [C, K, M]
     if mask is not None:
         d = d.masked_fill(~mask[:, None, :], torch.inf)

@@ -6,7 +6,7 @@ batches; Fig. 1(a) and Fig. 3 compare the gradient norms of selected and random 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -91,11 +91,47 @@ def gradient_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).abs().sum()
 
 
+def class_diagnostics(
+    net: nn.Module, real: RealSet, sampler: Sampler, g: torch.Generator, c: int, *, reference: int
+) -> dict[str, Tensor]:
+    """Class ``c``'s sampler batch vs a random batch of the same size (see :func:`selection_diagnostics`)."""
+    device = real.images.device
+    selected = sampler.indices(real, c, g).to(device)
+    random = real.sample_class(c, len(selected), g).to(device)
+    ref = real.sample_class(c, min(reference, real.class_sizes[c]), g).to(device)
+    inputs = getattr(sampler, "features", "normalized")  # the space the selection was made in
+    feats = embed_class(net, real, c, indices=torch.cat([ref, selected, random]), inputs=inputs)
+    f_ref, f_sel, f_rnd = feats.split([len(ref), len(selected), len(random)])
+    sigma = median_bandwidth(f_ref)
+    x_sel, x_rnd = real.class_images(c, selected), real.class_images(c, random)
+    y = torch.full((len(selected),), c, device=device)
+    g_ref = conv_gradient(net, real.class_images(c, ref), torch.full((len(ref),), c, device=device))
+    return {
+        "mmd_selected": mmd2_rbf(f_sel, f_ref, sigma),
+        "mmd_random": mmd2_rbf(f_rnd, f_ref, sigma),
+        "graddist_selected": gradient_distance(conv_gradient(net, x_sel, y), g_ref),
+        "graddist_random": gradient_distance(conv_gradient(net, x_rnd, y), g_ref),
+        "gn_selected": per_sample_grad_norms(net, x_sel, y),
+        "gn_random": per_sample_grad_norms(net, x_rnd, y),
+    }
+
+
+def stack_diagnostics(per_class: dict[int, dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Classes' diagnostics in class order: [classes] per statistic, gradient norms concatenated."""
+    if not per_class:
+        return {}
+    rows = [per_class[c] for c in sorted(per_class)]
+    out = {k: torch.cat([r[k] for r in rows]) if k.startswith("gn") else torch.stack([r[k] for r in rows])
+           for k in rows[0]}  # fmt: skip
+    out["graddist_ratio"] = out["graddist_selected"] / out["graddist_random"]
+    return out
+
+
 def selection_diagnostics(
     net: nn.Module,
     real: RealSet,
     sampler: Sampler,
-    g: torch.Generator,
+    streams: Callable[[int], torch.Generator],
     *,
     max_classes: int,
     reference: int,
@@ -103,6 +139,7 @@ def selection_diagnostics(
 ) -> dict[str, Tensor]:
     """The sampler's batch vs a random batch of the same size, for the first ``max_classes`` classes.
 
+    Class c draws from ``streams(c)``, so its values do not depend on which other classes are analysed;
     ``classes``: only those of them (a process's own classes when classes are sharded).
 
     Per class, ``reference`` random images of the class stand for the whole class. ``mmd_*``: [classes]
@@ -112,33 +149,9 @@ def selection_diagnostics(
     representative than chance). ``gn_*``: per-sample gradient norms of every image of the batches
     (Fig. 1a). The network is evaluated in eval mode and left as found.
     """
-    keys = ("mmd_selected", "mmd_random", "graddist_selected", "graddist_random", "gn_selected", "gn_random")
-    stats: dict[str, list[Tensor]] = {k: [] for k in keys}
     was_training = net.training
     net.eval()
-    device = real.images.device
-    for c in range(min(max_classes, real.num_classes)):
-        if classes is not None and c not in classes:
-            continue
-        selected = sampler.indices(real, c, g).to(device)
-        random = real.sample_class(c, len(selected), g).to(device)
-        ref = real.sample_class(c, min(reference, real.class_sizes[c]), g).to(device)
-        inputs = getattr(sampler, "features", "normalized")  # the space the selection was made in
-        feats = embed_class(net, real, c, indices=torch.cat([ref, selected, random]), inputs=inputs)
-        f_ref, f_sel, f_rnd = feats.split([len(ref), len(selected), len(random)])
-        sigma = median_bandwidth(f_ref)
-        stats["mmd_selected"].append(mmd2_rbf(f_sel, f_ref, sigma))
-        stats["mmd_random"].append(mmd2_rbf(f_rnd, f_ref, sigma))
-        x_sel, x_rnd = real.class_images(c, selected), real.class_images(c, random)
-        y = torch.full((len(selected),), c, device=device)
-        g_ref = conv_gradient(net, real.class_images(c, ref), torch.full((len(ref),), c, device=device))
-        stats["graddist_selected"].append(gradient_distance(conv_gradient(net, x_sel, y), g_ref))
-        stats["graddist_random"].append(gradient_distance(conv_gradient(net, x_rnd, y), g_ref))
-        stats["gn_selected"].append(per_sample_grad_norms(net, x_sel, y))
-        stats["gn_random"].append(per_sample_grad_norms(net, x_rnd, y))
+    wanted = [c for c in range(min(max_classes, real.num_classes)) if classes is None or c in classes]
+    per_class = {c: class_diagnostics(net, real, sampler, streams(c), c, reference=reference) for c in wanted}
     net.train(was_training)
-    if not stats["mmd_selected"]:  # none of the classes asked for is held here
-        return {}
-    out = {k: torch.cat(v) if k.startswith("gn") else torch.stack(v) for k, v in stats.items()}
-    out["graddist_ratio"] = out["graddist_selected"] / out["graddist_random"]
-    return out
+    return stack_diagnostics(per_class)

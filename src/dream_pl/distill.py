@@ -26,7 +26,7 @@ from dream_pl.checkpoints import CONFIG_KEY
 from dream_pl.config import ConfigError
 from dream_pl.data import RealSet
 from dream_pl.data.realset import draw_indices
-from dream_pl.diagnostics import selection_diagnostics
+from dream_pl.diagnostics import class_diagnostics, stack_diagnostics
 from dream_pl.errors import UserError
 from dream_pl.graphs import GraphedStep, sgd_step_, static_formulation, use_graphs
 from dream_pl.matchers import supports_batched_classes
@@ -145,6 +145,8 @@ class DistillModule(pl.LightningModule):
                 "distill.image_step=per_class steps the images after each class in turn, which classes "
                 "sharded over processes cannot do; allowed with trainer=ddp: joint"
             )
+        self._graphs = {}  # tensors may have moved since any capture
+        self._net_optimizer_to_device()
         self._choose_formulation()
         if self.shard.sharded and self.real.complete:  # each process keeps only its classes' real images
             whole = self.real.images.nbytes
@@ -412,6 +414,19 @@ class DistillModule(pl.LightningModule):
             buffers.append(state["momentum_buffer"])
         return buffers
 
+    def _net_optimizer_to_device(self) -> None:
+        """Put the network optimiser's state where its parameters are, in their dtype.
+
+        Lightning restores a checkpoint before it moves the module to its device, so a resumed run's
+        momentum buffers (loaded beside the parameters) would stay on the CPU while the network trains on
+        the GPU; this optimiser is the module's own, not one Lightning moves.
+        """
+        for p in self.net.parameters():
+            state = self.net_opt.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, Tensor) and (value.device, value.dtype) != (p.device, p.dtype):
+                    state[key] = value.to(device=p.device, dtype=p.dtype)
+
     def _run(
         self,
         name: str,
@@ -452,6 +467,10 @@ class DistillModule(pl.LightningModule):
         backward into the images) is one capturable function of that buffer and the class streams.
         """
         owned = list(self.shard.classes)
+        images = self.synthetic.images
+        if not owned:  # more processes than classes: nothing to match here, the others' gradients arrive
+            images.grad = torch.zeros_like(images)
+            return images.new_zeros(0)
         for c in owned:
             self._match_gens[c].manual_seed(derive(self.cfg.seed, "step", step, "device", c))
         idx = torch.stack(
@@ -464,8 +483,11 @@ class DistillModule(pl.LightningModule):
         if buffer is None or buffer.shape != idx.shape:
             self._real_idx = buffer = torch.empty_like(idx)
         buffer.copy_(idx)
-        losses, grad = self._run("match", self._match_all, [buffer], [], [self._match_gens[c] for c in owned])
-        images = self.synthetic.images
+        # a network with batch norm updates its running statistics while matching: state of the graph
+        state = list(self.net.buffers())
+        losses, grad = self._run(
+            "match", self._match_all, [buffer], state, [self._match_gens[c] for c in owned]
+        )
         images.grad = grad.clone()
         return losses.clone()
 
@@ -539,17 +561,29 @@ class DistillModule(pl.LightningModule):
     def selection_diagnostics(self, step: int, max_classes: int, reference: int) -> dict[str, Tensor]:
         """The sampler's matching batches against random ones on the current network (Fig. 1a, 2c, 3).
 
-        Classes sharded, each process analyses the classes it holds among the first ``max_classes``.
+        Classes sharded, each process analyses the classes it holds among the first ``max_classes`` and
+        the results are merged: the same values as one process (every class has its own stream).
         """
-        return selection_diagnostics(
-            self.net,
-            self.real,
-            self.sampler,
-            generator(self.cfg.seed, "diagnostics", step),
-            max_classes=max_classes,
-            reference=reference,
-            classes=self.real.held,
-        )
+        was_training = self.net.training
+        self.net.eval()
+        per_class = {
+            c: class_diagnostics(
+                self.net,
+                self.real,
+                self.sampler,
+                generator(self.cfg.seed, "diagnostics", step, c),
+                c,
+                reference=reference,
+            )
+            for c in range(min(max_classes, self.real.num_classes))
+            if c in self.real.held
+        }
+        self.net.train(was_training)
+        if self.shard.sharded:
+            per_class = self.shard.merge(
+                {c: {k: v.cpu() for k, v in d.items()} for c, d in per_class.items()}
+            )
+        return stack_diagnostics(per_class)
 
     # --------------------------------------------------------------- plumbing
     def _image_optimizer(self) -> torch.optim.Optimizer:

@@ -54,6 +54,7 @@ from dream_pl.runlock import RunLock
 from dream_pl.runner import make_loggers, plain_config
 from dream_pl.samplers import Sampler
 from dream_pl.schemas import DistillConfig
+from dream_pl.sharding import release
 
 log = logging.getLogger("dream_pl.workflow")
 
@@ -212,6 +213,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 logger.log_metrics(scores, step=trainer.global_step)
                 logger.save()
             metrics.update(scores)
+        release()
     metrics["synthetic_path"] = str(out / "synthetic.pt")
     log.info("run directory: %s", out)
     return metrics
@@ -276,4 +278,5 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             for logger in make_loggers(cfg, out, job_type="eval"):
                 logger.log_metrics(eval_metrics(rows), step=0)
                 logger.finalize("success")
+        release()
     return rows
