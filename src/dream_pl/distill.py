@@ -618,6 +618,11 @@ class DistillModule(pl.LightningModule):
         self.log_dict({f"distill/{k}": v for k, v in out.items()}, on_step=True)
         self.log("loss", out["loss"], prog_bar=True, logger=False)
 
+    def on_train_end(self) -> None:
+        """Say what this process held at its peak (per rank in a sharded run: its share of the classes)."""
+        kind = "CUDA allocator peak" if self.device.type == "cuda" else "max RSS"
+        log.info("rank %d peak memory: %.0f MB (%s)", self.shard.rank, peak_memory_mb(self.device), kind)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Record the run's peak memory (CUDA allocator peak or CPU max RSS)."""
         self.log("distill/peak_mem_mb", peak_memory_mb(self.device), on_step=True)

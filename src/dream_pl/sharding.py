@@ -13,9 +13,9 @@ not depend on how classes are dealt out.
 The K-means initialisation is sharded too (per-class seeds; each process fills its classes' rows and the
 rows are summed), and so is the real set on the device: a process keeps only its classes' images
 (``RealSet.keep``), and the matching network's random batches over every class are assembled by summing
-each process's rows (zero where another process holds the class: the sum is exact). Not sharded (yet):
-the matching network's own training (replicated on the assembled batch) and the host copy of the dataset
-each process loads before keeping its share (streaming per class would remove it).
+each process's rows (zero where another process holds the class: the sum is exact); a prepared dataset is
+memory-mapped, so a process reads only its classes' pages. Not sharded (yet): the matching network's own
+training (replicated on the assembled batch).
 """
 
 from __future__ import annotations

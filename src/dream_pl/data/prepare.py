@@ -3,12 +3,13 @@
 ImageNet-scale sets are folders of JPEGs, and decoding and resizing them at every run start costs minutes
 (ImageNet-100 at 224 px is ~130,000 files). This decodes them once, class by class with a progress bar,
 into ``<data_dir>/prepared/<key>/{train,test}/<class>.npy`` (uint8 [n, C, H, W] at the training
-resolution) plus ``meta.json``; :func:`dream_pl.data.load_dataset` reads a prepared folder before the
-raw files. Each class file is written atomically and an interrupted conversion resumes where it stopped.
-Per-class files are the class-indexed layout a process of a sharded run can read its share from (plain
-``.npy``, memory-mappable, random access within a class: what matching and clustering read, where
-WebDataset's sequential tar shards are not; litdata's chunked format targets streaming shuffled samples
-from object storage, which a per-class read does not need).
+resolution), assembled into one class-sorted array per split (``train.npy``, ``test.npy``) plus
+``meta.json`` with each class's count; :func:`dream_pl.data.load_dataset` reads a prepared folder before the
+raw files, memory-mapped: a class is a contiguous slice, so a process of a sharded run reads (and holds)
+only its classes' pages. Each class file is written atomically and an interrupted conversion resumes
+where it stopped. Plain ``.npy`` gives random access within a class, which matching and clustering need:
+WebDataset's sequential tar shards do not, and litdata's chunked format targets streaming shuffled samples
+from object storage, which a class-indexed read does not need.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,27 +55,45 @@ def write_class(folder: Path, split: str, c: int, images: torch.Tensor) -> None:
 
 
 def class_file(folder: Path, split: str, c: int) -> Path:
-    """Where class ``c`` of ``split`` lives in a prepared folder."""
+    """Where class ``c`` of ``split`` is written before the split is assembled (resume points)."""
     return folder / split / f"{c:05d}.npy"
 
 
-def read_class(folder: Path, split: str, c: int) -> torch.Tensor:
-    """Class ``c``'s images of ``split`` from a prepared folder (memory-mapped, then copied)."""
-    return torch.from_numpy(np.array(np.load(class_file(folder, split, c), mmap_mode="r")))
+def split_file(folder: Path, split: str) -> Path:
+    """A split's images, every class in order: uint8 [N, C, H, W]."""
+    return folder / f"{split}.npy"
 
 
 def read_prepared(folder: Path) -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]] | None:
-    """(meta, [(train images, labels), (test images, labels)]) of a complete prepared folder, else None."""
+    """(meta, [(train images, labels), (test images, labels)]) of a complete prepared folder, else None.
+
+    The images are memory-mapped (copy-on-write), not read: a process that uses a few classes (its share
+    of a sharded run) touches only their pages, so its memory grows with its classes, not the dataset.
+    """
     meta_path = folder / META
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
     splits = []
     for split in ("train", "test"):
-        parts = [read_class(folder, split, c) for c in range(meta["num_classes"])]
-        labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(parts)])
-        splits.append((torch.cat(parts), labels))
+        images = torch.from_numpy(np.load(split_file(folder, split), mmap_mode="c"))
+        counts = torch.tensor(meta[f"{split}_counts"])
+        splits.append((images, torch.arange(len(counts)).repeat_interleave(counts)))
     return meta, splits
+
+
+def _assemble(folder: Path, split: str, counts: list[int]) -> None:
+    """Concatenate a split's class files into one array, class by class (memory: one class)."""
+    first = np.load(class_file(folder, split, 0), mmap_mode="r")
+    tmp = folder / f".{split}.npy.{os.getpid()}.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(sum(counts), *first.shape[1:]))
+    start = 0
+    for c, n in enumerate(counts):
+        out[start : start + n] = np.load(class_file(folder, split, c), mmap_mode="r")
+        start += n
+    out.flush()
+    del out
+    os.replace(tmp, split_file(folder, split))
 
 
 def prepare(
@@ -84,12 +104,15 @@ def prepare(
     *,
     progress: bool = True,
 ) -> Path:
-    """Write every class's train and test arrays (skipping those already written), then ``meta.json``.
+    """Decode every class not yet written, assemble each split, then write ``meta.json``.
 
     ``classes``: per class, its name and its train and test items; ``decode(items) -> uint8 [n, C, H, W]``.
+    A conversion stopped part-way resumes at the first class without a file.
     """
+    if (folder / META).is_file():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
-    counts = {"train": [], "test": []}
+    counts: dict[str, list[int]] = {"train": [], "test": []}
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"preparing {folder.name}", total=len(classes))
         for c, (_, train, test) in enumerate(classes):
@@ -98,6 +121,8 @@ def prepare(
                     write_class(folder, split, c, decode(items))
                 counts[split].append(int(np.load(class_file(folder, split, c), mmap_mode="r").shape[0]))
             bar.advance(task)
+    for split in ("train", "test"):
+        _assemble(folder, split, counts[split])
     meta = {
         "name": spec.name,
         "channels": spec.channels,
@@ -110,6 +135,8 @@ def prepare(
     tmp = folder / f".{META}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, folder / META)
+    for split in ("train", "test"):  # the class files were the resume points; the split files replace them
+        shutil.rmtree(folder / split)
     return folder
 
 

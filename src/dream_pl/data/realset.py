@@ -51,9 +51,13 @@ class RealSet:
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"Expected uint8 [N, C, H, W] images, got {images.dtype} {images.shape}")
-        order = torch.argsort(labels.cpu(), stable=True)
-        self.images = images.cpu()[order].to(device)  # [N, C, H, W] uint8, sorted by class
-        self.labels = labels.cpu()[order].long().to(device)  # [N]
+        labels = labels.cpu().long()
+        if bool((labels[1:] >= labels[:-1]).all()):  # already class-sorted (a prepared, memory-mapped set)
+            self.images, self.labels = images.cpu().to(device), labels.to(device)  # no copy on the CPU
+        else:
+            order = torch.argsort(labels, stable=True)
+            self.images = images.cpu()[order].to(device)  # [N, C, H, W] uint8, sorted by class
+            self.labels = labels[order].to(device)  # [N]
         counts = torch.bincount(self.labels.cpu(), minlength=num_classes or 0)  # [K]
         self._sizes: list[int] = counts.tolist()
         self._offsets: list[int] = [0, *counts.cumsum(0).tolist()]  # where each class starts, globally
