@@ -38,6 +38,7 @@ def classifier(
     device: str = "cpu",
     capture: bool | None = None,
     stacked: bool | None = None,
+    repeat_ids: list[int] | None = None,
 ) -> StackedClassifier:
     """A StackedClassifier on ``ipc`` random real images per class of ``data``."""
     images, labels = baseline_set("random", data, ipc, seed=0)
@@ -54,6 +55,7 @@ def classifier(
         stacked=stacked,
         device=device,
         capture=capture,
+        repeat_ids=repeat_ids,
     )
 
 
@@ -231,3 +233,15 @@ def test_captured_accuracy_within_noise_of_eager_on_cuda(mnist, mnist_protocol):
     assert min(captured) > 0.7, captured
     gap, bound = within_noise(captured, eager, len(mnist.test_labels))
     assert gap <= bound, (captured, eager, bound)
+
+
+def test_a_repeat_trains_alike_in_any_stack(mnist, mnist_protocol):
+    """Repeats dealt out over processes: repeat r's accuracy is the same whichever repeats share its stack
+    (host formulation with CutMix and every DSA op, so every kind of draw is exercised)."""
+    p = replace(mnist_protocol, repeats=3, epochs=3, compile="off", dsa=FULL_DSA, cutmix_p=0.5, batch_size=16)
+    whole = accuracies(classifier(mnist, 2, p), mnist)
+    parts = {}
+    for ids in ([0, 2], [1]):
+        parts.update(zip(ids, accuracies(classifier(mnist, 2, p, repeat_ids=ids), mnist), strict=True))
+    assert [parts[r] for r in range(3)] == whole
+    assert len(set(whole)) > 1  # the repeats differ: their streams are their own

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import pytorch_lightning as pl
@@ -85,6 +85,7 @@ def evaluate_set(
     seed: int = 0,
     accelerator: str = "auto",
     progress: bool = False,
+    repeat_ids: Sequence[int] | None = None,
 ) -> EvalResult:
     """Train ``protocol.repeats`` fresh networks on (images, labels) and test them on the real test set.
 
@@ -103,6 +104,8 @@ def evaluate_set(
             captured epochs ("graphs"), their eager twin ("eager-static") or one step per batch ("off"),
             as ``extra["compile"]`` reports.
         progress: show Lightning's progress bar.
+        repeat_ids: train only these repeats of the protocol (a process's share); each repeat trains as it
+            would among all of them.
     """
     start = time.perf_counter()
     module = StackedClassifier(
@@ -116,6 +119,7 @@ def evaluate_set(
         num_classes=num_classes,
         stacked=use_stacking(protocol.stacked, accelerator),
         device="cuda" if on_gpu(accelerator) else "cpu",
+        repeat_ids=repeat_ids,
     )
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(*test), batch_size=protocol.test_batch, shuffle=False

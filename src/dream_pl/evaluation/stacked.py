@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
@@ -41,10 +41,13 @@ def supports_stacking(net: nn.Module) -> bool:
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def seeded_nets(factory: Callable[[], nn.Module], seed: int, repeats: int) -> list[nn.Module]:
-    """Network r initialised from the stream (seed, "repeat", r), without touching the global RNG stream."""
+def seeded_nets(factory: Callable[[], nn.Module], seed: int, repeats: int | Sequence[int]) -> list[nn.Module]:
+    """Network r (of ``range(repeats)``, or the given repeat numbers) from the stream (seed, "repeat", r).
+
+    The global RNG stream is left untouched.
+    """
     nets = []
-    for r in range(repeats):
+    for r in range(repeats) if isinstance(repeats, int) else repeats:
         with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is drawn from
             torch.random.default_generator.manual_seed(derive(seed, "repeat", r))
             nets.append(factory())
@@ -68,6 +71,9 @@ class StackedClassifier(pl.LightningModule):
         mean, std: normalisation of the dataset.
         num_classes: K.
         stacked: use ``vmap`` over stacked parameters (default: when the architecture allows it).
+        repeat_ids: which repeats of the protocol these are (default all): repeat r's initialisation, batch
+            order and draws come from streams of its own, so it trains alike in any stack (repeats dealt out
+            over processes give the one-process accuracies).
         device: the device the Trainer will train on; with ``protocol.compile`` it picks the formulation
             (``dream_pl.graphs.static_formulation``), which must be fixed before the Trainer starts.
         capture: replay the static formulation's batch step from CUDA graphs (default:
@@ -88,14 +94,16 @@ class StackedClassifier(pl.LightningModule):
         stacked: bool | None = None,
         device: torch.device | str = "cpu",
         capture: bool | None = None,
+        repeat_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         device = torch.device(device)
         self.static = static_formulation(protocol.compile, device)
         self.capture = self.static and (use_graphs(protocol.compile, device) if capture is None else capture)
         self.automatic_optimization = not self.static
-        nets = seeded_nets(factory, seed, protocol.repeats)
-        self.repeats, self.seed, self.protocol = protocol.repeats, seed, protocol
+        self.ids = list(range(protocol.repeats) if repeat_ids is None else repeat_ids)
+        nets = seeded_nets(factory, seed, self.ids)
+        self.repeats, self.seed, self.protocol = len(self.ids), seed, protocol
         self.stacked = supports_stacking(nets[0]) if stacked is None else stacked
         if self.stacked:
             params, buffers = stack_module_state(nets)
@@ -122,7 +130,7 @@ class StackedClassifier(pl.LightningModule):
         self._params: list[Tensor] = []
         self._momentum: list[Tensor] = []
         self._trained_buffers: list[Tensor] = []
-        self._g: torch.Generator | None = None
+        self._gens: list[torch.Generator] = []
         self._graphs: dict[int, GraphedStep] = {}
 
     @property
@@ -150,7 +158,7 @@ class StackedClassifier(pl.LightningModule):
         """
         return torch.utils.data.DataLoader(
             _RepeatBatches(
-                len(self.labels), self.repeats, self.protocol.batch_size, self.seed, whole_epochs=self.static
+                len(self.labels), self.ids, self.protocol.batch_size, self.seed, whole_epochs=self.static
             ),
             batch_size=None,
             pin_memory=self.static and self.device.type == "cuda",
@@ -178,7 +186,7 @@ class StackedClassifier(pl.LightningModule):
         self._params = list(self.parameters())
         self._momentum = [torch.zeros_like(p) for p in self._params]  # torch SGD's first step, exactly
         self._trained_buffers = [] if self.stacked else list(self.nets.buffers())  # batch-norm statistics
-        self._g = torch.Generator(device=self.device)
+        self._gens = [torch.Generator(device=self.device) for _ in self.ids]
 
     def on_train_end(self) -> None:
         """Release the captured graphs' memory before testing."""
@@ -194,20 +202,21 @@ class StackedClassifier(pl.LightningModule):
     def _train_epoch(self, perms: Tensor) -> None:
         """The epoch's batch steps.
 
-        Batch k of the fit draws from the stream the host-decided step k draws its device values from, so
+        Repeat r's batch k draws from the stream the host-decided step k draws r's device values from, so
         the two formulations draw alike wherever neither picks anything (one geometric op, no CutMix).
         """
         self.lr.fill_(epoch_lr(self.protocol, self.current_epoch))
         batches = perms.split(self.protocol.batch_size, dim=1)
         for i, idx in enumerate(batches):
-            seed = derive(self.seed, "eval_step", self.current_epoch * len(batches) + i, "device")
-            if self.capture:
-                step = self._graph(idx.shape[1])
-                step.inputs[0].copy_(idx)
-                self._g.manual_seed(seed)
-                step()
+            step = self.current_epoch * len(batches) + i
+            graph = self._graph(idx.shape[1]) if self.capture else None
+            if graph is not None:
+                graph.inputs[0].copy_(idx)
+            for g, r in zip(self._gens, self.ids, strict=True):
+                g.manual_seed(derive(self.seed, "eval_step", step, "device", r))
+            if graph is not None:
+                graph()
             else:
-                self._g.manual_seed(seed)
                 self._batch_step(idx)
 
     def _graph(self, b: int) -> GraphedStep:
@@ -217,23 +226,27 @@ class StackedClassifier(pl.LightningModule):
                 self._batch_step,
                 [torch.zeros(self.repeats, b, dtype=torch.long, device=self.device)],
                 state=[*self._params, *self._trained_buffers, *self._momentum],
-                generators=[self._g],
+                generators=self._gens,
             )
         return self._graphs[b]
 
     def _batch_step(self, idx: Tensor) -> Tensor:
         """One SGD step of the R networks on their batches idx [R, b]; returns the summed loss.
 
-        A function of ``idx``, the state and ``self._g`` only: device-side op picks and CutMix decisions, no
-        host read, no host-to-device copy, so the same code runs eagerly or captured in a CUDA graph.
+        A function of ``idx``, the state and the repeats' generators only: device-side op picks and CutMix
+        decisions, no host read, no host-to-device copy, so the same code runs eagerly or captured.
         """
         p = self.protocol
         x = (self.images[idx] - self.mean) / self.std  # [R, b, C, H, W]
         y = self.labels[idx]
-        x = self.aug(x.flatten(0, 1), shared=False, generator=self._g, static=True).view_as(x)
+        gens = self._gens
+        x = torch.stack(
+            [self.aug(xr, shared=False, generator=g, static=True) for xr, g in zip(x, gens, strict=True)]
+        )
         if p.cutmix_p > 0:
-            g = self._g
-            mixed = [cutmix_static(xr, yr, p.cutmix_p, generator=g) for xr, yr in zip(x, y, strict=True)]
+            mixed = [
+                cutmix_static(xr, yr, p.cutmix_p, generator=g) for xr, yr, g in zip(x, y, gens, strict=True)
+            ]
             loss = self._summed_loss(torch.stack([m[0] for m in mixed]), [m[1:] for m in mixed])
         else:
             loss = F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / idx.shape[1]
@@ -253,17 +266,24 @@ class StackedClassifier(pl.LightningModule):
 
         Draws that pick a code path come from a CPU generator: no device sync, but nothing to capture.
         """
-        b = idx.shape[1]
+        b, step = idx.shape[1], self.global_step
         x = (self.images[idx] - self.mean) / self.std  # [R, b, C, H, W]
         y = self.labels[idx]
-        g = generator(self.seed, "eval_step", self.global_step, "device", device=self.device)
-        g_cpu = generator(self.seed, "eval_step", self.global_step, "host")  # CutMix draws: no device sync
-        x = self.aug(x.flatten(0, 1), shared=False, generator=g, choice_generator=g_cpu).view_as(x)
+        gens = [generator(self.seed, "eval_step", step, "device", r, device=self.device) for r in self.ids]
+        hosts = [
+            generator(self.seed, "eval_step", step, "host", r) for r in self.ids
+        ]  # picks: no device sync
+        x = torch.stack(
+            [
+                self.aug(xr, shared=False, generator=g, choice_generator=h)
+                for xr, g, h in zip(x, gens, hosts, strict=True)
+            ]
+        )
         cutmix_p = self.protocol.cutmix_p
         if cutmix_p <= 0:
             return F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / b
         mixed, targets = [], []
-        for xr, yr in zip(x, y, strict=True):
+        for xr, yr, g_cpu in zip(x, y, hosts, strict=True):
             if float(torch.rand((), generator=g_cpu)) < cutmix_p:
                 xr, y_a, y_b, lam = cutmix(xr, yr, generator=g_cpu)
                 targets.append((y_a, y_b, lam))
@@ -286,24 +306,28 @@ class StackedClassifier(pl.LightningModule):
 
 
 class _RepeatBatches(torch.utils.data.IterableDataset):
-    """One epoch of index batches [R, b]; each repeat has its own permutation, seeded per epoch.
+    """One epoch of index batches [R, b]; repeat r's permutation comes from its own stream, per epoch.
 
     ``whole_epochs``: yield the epoch's permutations [R, N] as one item (one host-to-device copy per epoch).
     """
 
     def __init__(
-        self, n: int, repeats: int, batch_size: int, seed: int, *, whole_epochs: bool = False
+        self, n: int, repeats: Sequence[int], batch_size: int, seed: int, *, whole_epochs: bool = False
     ) -> None:
-        self.n, self.repeats, self.batch_size, self.seed, self.epoch = n, repeats, batch_size, seed, 0
+        self.n, self.repeats, self.batch_size, self.seed, self.epoch = n, list(repeats), batch_size, seed, 0
         self.whole_epochs = whole_epochs
 
     def __len__(self) -> int:
         return 1 if self.whole_epochs else math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        g = generator(self.seed, "eval_epoch", self.epoch)
-        self.epoch += 1
-        perms = torch.stack([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        perms = torch.stack(
+            [
+                torch.randperm(self.n, generator=generator(self.seed, "eval_epoch", epoch, r))
+                for r in self.repeats
+            ]
+        )
         if self.whole_epochs:
             yield perms
         else:

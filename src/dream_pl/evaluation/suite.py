@@ -45,10 +45,12 @@ def network_for(cfg: DictConfig, spec: DatasetSpec, name: str | None = None) -> 
 
 
 def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., EvalResult]:
-    """``(images, labels, protocol) -> EvalResult``: architecture ``name`` tested on ``real``'s test set."""
+    """``(images, labels, protocol[, repeat_ids]) -> EvalResult``: ``name`` tested on ``real``'s test set."""
     factory = network_for(cfg, real.spec, name)
 
-    def run(images: Tensor, labels: Tensor, *, protocol: EvalProtocol) -> EvalResult:
+    def run(
+        images: Tensor, labels: Tensor, *, protocol: EvalProtocol, repeat_ids: list[int] | None = None
+    ) -> EvalResult:
         return evaluate_set(
             factory,
             images,
@@ -61,6 +63,7 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
             protocol=protocol,
             seed=cfg.seed,
             accelerator=cfg.trainer.accelerator,
+            repeat_ids=repeat_ids,
         )
 
     return run
@@ -71,17 +74,37 @@ def evaluate_sets(
 ) -> list[dict[str, Any]]:
     """Every (architecture of ``evaluation.models``, labelled set) pair under the configured protocol.
 
-    In a run sharded over processes (``trainer=ddp``) the pairs are dealt out like classes and the rows
-    gathered on every process: the same rows, in the same order, as one process computes.
+    In a run sharded over processes (``trainer=ddp``) the (pair, repeat) units are dealt out like classes,
+    each process stacks the repeats it got of a pair, and the rows are gathered on every process: the same
+    rows, in the same order, with the same per-repeat accuracies as one process computes (every repeat
+    trains on streams of its own). ``seconds`` of a row is then its slowest process's.
     """
     protocol = protocol_from(cfg.evaluation)
     pairs = [(name, label) for name in cfg.evaluation.models for label in sets]
-    shard = Shard.current(len(pairs))
+    repeats = protocol.repeats
+    shard = Shard.current(len(pairs) * repeats)
     evaluators = {name: set_evaluator(cfg, name, real) for name in cfg.evaluation.models}
-    rows = {}
-    for i in shard.classes:
+    mine: dict[int, list[int]] = {}
+    for unit in shard.classes:
+        mine.setdefault(unit // repeats, []).append(unit % repeats)
+    parts = {}
+    for i, ids in mine.items():
         name, label = pairs[i]
         images, labels = sets[label]
-        rows[i] = {"set": label, **evaluators[name](images, labels, protocol=protocol).as_dict()}
-    merged = shard.merge(rows)
-    return [merged[i] for i in range(len(pairs))]
+        result = evaluators[name](
+            images, labels, protocol=protocol, repeat_ids=None if shard.world == 1 else ids
+        )
+        parts[i] = (ids, result)
+    merged = shard.merge({(i, shard.rank): part for i, part in parts.items()})
+    rows = []
+    for i in range(len(pairs)):
+        shares = [part for (j, _), part in sorted(merged.items()) if j == i]
+        accuracy = dict(pair for ids, result in shares for pair in zip(ids, result.accuracies, strict=True))
+        first = shares[0][1]
+        result = replace(
+            first,
+            accuracies=[accuracy[r] for r in range(repeats)],
+            seconds=max(result.seconds for _, result in shares),
+        )
+        rows.append({"set": pairs[i][1], **result.as_dict()})
+    return rows
