@@ -127,4 +127,4 @@ def test_dream_pl_evaluate_over_two_processes_equals_one(tmp_path):
     one = evaluate(tmp_path / "one")
     assert [r["set"] for r in two] == [r["set"] for r in one] == ["distilled", "random real (ipc 1)"]
     assert [r["accuracies"] for r in two] == [r["accuracies"] for r in one]
-    assert sorted(p.name for p in (tmp_path / "two").glob("*.log")) == ["eval_rank1.log", "evaluate.log"]
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.log")) == ["evaluate.log", "evaluate_rank1.log"]

@@ -276,7 +276,8 @@ def follower_overrides(config_name: str, argv: list[str]) -> list[str]:
         raise ConfigError("a run started by torchrun or SLURM needs out_dir=<folder>: one for all processes")
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0")))
     run_dir = [f"hydra.run.dir={_hydra_override_value(Path(out).resolve())}"] if out else []
-    return [*run_dir, "hydra.output_subdir=null", f"hydra.job.name={config_name}_rank{rank}"]
+    job = Path(sys.argv[0]).stem  # Hydra names rank 0's job (and its log) after the entry module too
+    return [*run_dir, "hydra.output_subdir=null", f"hydra.job.name={job}_rank{rank}"]
 
 
 def launch(config_name: str, preflight: Preflight, hydra_main: Callable[[], object]) -> None:
