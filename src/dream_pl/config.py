@@ -251,6 +251,10 @@ def validate(cfg: DictConfig) -> None:
         "optimiser step after each class is sequential); allowed: 1 or null",
     )
     _check_choice("distill.compile", d.compile, COMPILE_MODES)
+    _require(
+        isinstance(d.shard_net_update, bool),
+        f"distill.shard_net_update={d.shard_net_update!r} must be true or false",
+    )
     _check_choice(
         "trainer.matmul_precision", cfg.trainer.get("matmul_precision", "highest"), ("highest", "high")
     )

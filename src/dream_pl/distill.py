@@ -103,6 +103,7 @@ class DistillModule(pl.LightningModule):
         self._standalone_opt: torch.optim.Optimizer | None = None
         self.shard = Shard(0, 1, tuple(range(real.num_classes)))  # set for real in prepare()
         self.static = self.capture = False  # the capturable step / CUDA graphs: decided in prepare()
+        self.shard_net = False  # split the network updates over the processes: decided in prepare()
         self._graphs: dict[str, tuple[tuple[int, ...], GraphedStep]] = {}
         self._new_net(outer=0)
 
@@ -148,6 +149,10 @@ class DistillModule(pl.LightningModule):
         self._graphs = {}  # tensors may have moved since any capture
         self._net_optimizer_to_device()
         self._choose_formulation()
+        # batch norm's statistics over a share of the batch would differ from the whole batch's: replicated
+        self.shard_net = (
+            self.shard.sharded and self.cfg.shard_net_update and supports_batched_classes(self.net)
+        )
         if self.shard.sharded and self.real.complete:  # each process keeps only its classes' real images
             whole = self.real.images.nbytes
             self.real = self.real.keep(self.shard.classes)
@@ -365,16 +370,40 @@ class DistillModule(pl.LightningModule):
             x = self.net_aug(x, shared=False, generator=g_dev, choice_generator=g_cpu)
             if float(torch.rand((), generator=g_cpu)) < self.cfg.net_cutmix_p:
                 x, y_a, y_b, lam = cutmix(x, y, generator=g_cpu)
-                loss = cutmix_loss(self.net(x), y_a, y_b, lam)
+                loss = self._net_loss(x, y_a, y_b, lam)
+            elif self.shard_net:
+                loss = self._net_loss(x, y, y, 1.0)
             else:
                 loss = F.cross_entropy(self.net(x), y)
             self.net_opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.shard_net:
+                for p in self.net.parameters():
+                    self.shard.sum_(p.grad)
             self.net_opt.step()
-            # every process trained on the same batch; rank 0's result is the run's (exact for any k)
+            # every process took the same step; rank 0's result is the run's (exact for any k)
             self.shard.broadcast_([p.data for p in self.net.parameters()])
             total += loss.detach()
-        return total / steps
+        return self._whole_batch_loss(total) / steps
+
+    def _net_loss(self, x: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor) -> Tensor:
+        """The network's CutMix-weighted loss on the batch, or (``shard_net``) on this process's rows of it.
+
+        A process's rows are every k-th of the batch (every process augmented the whole batch alike); their
+        summed losses over the batch size add up, over the processes, to the whole batch's mean loss, and
+        so do the gradients (up to floating-point order).
+        """
+        if not self.shard_net:
+            return cutmix_loss(self.net(x), y_a, y_b, lam)
+        rows = slice(self.shard.rank, None, self.shard.world)
+        logits = self.net(x[rows])
+        ce_a = F.cross_entropy(logits, y_a[rows], reduction="sum")
+        ce_b = F.cross_entropy(logits, y_b[rows], reduction="sum")
+        return (lam * ce_a + (1.0 - lam) * ce_b) / len(x)
+
+    def _whole_batch_loss(self, total: Tensor) -> Tensor:
+        """The loss to log: summed over the processes when each computed only its rows."""
+        return self.shard.sum_(total) if self.shard_net else total
 
     # ------------------------------------------------- the capturable step (distill.compile)
     def _choose_formulation(self) -> None:
@@ -537,7 +566,7 @@ class DistillModule(pl.LightningModule):
         for _ in range(steps):
             total += self._run("net", self._net_step, [], state, [self._net_gen])
             self.shard.broadcast_([p.data for p in params])
-        return total / steps
+        return self._whole_batch_loss(total) / steps
 
     def _net_step(self) -> Tensor:
         """One capturable network update: batch, per-sample DSA, CutMix (decided on the device), SGD."""
@@ -545,9 +574,12 @@ class DistillModule(pl.LightningModule):
         x, y = self._real_batch(g)
         x = self.net_aug(x, shared=False, generator=g, static=True)
         x, y_a, y_b, lam = cutmix_static(x, y, self.cfg.net_cutmix_p, generator=g)
-        loss = cutmix_loss(self.net(x), y_a, y_b, lam)
+        loss = self._net_loss(x, y_a, y_b, lam)
         params = list(self.net.parameters())
         grads = torch.autograd.grad(loss, params)
+        if self.shard_net:  # classes sharded (never captured): the processes' rows add up to the batch
+            for grad in grads:
+                self.shard.sum_(grad)
         sgd_step_(
             params,
             grads,

@@ -37,6 +37,7 @@ class DistillConfig:
     image_step: str
     class_chunk: int | None  # None: every class in one pass on a GPU, one at a time on a CPU
     compile: str  # auto | on | off: CUDA-graph capture of the step (dream_pl.graphs.COMPILE_MODES)
+    shard_net_update: bool  # classes sharded: split each network update's batch over the processes
     save_every: int
 
 

@@ -14,8 +14,9 @@ The K-means initialisation is sharded too (per-class seeds; each process fills i
 rows are summed), and so is the real set on the device: a process keeps only its classes' images
 (``RealSet.keep``), and the matching network's random batches over every class are assembled by summing
 each process's rows (zero where another process holds the class: the sum is exact); a prepared dataset is
-memory-mapped, so a process reads only its classes' pages. Not sharded (yet): the matching network's own
-training (replicated on the assembled batch).
+memory-mapped, so a process reads only its classes' pages. Each network update is split as well
+(``distill.shard_net_update``): every process computes every k-th row of the assembled batch and the
+gradients are summed.
 """
 
 from __future__ import annotations
