@@ -156,3 +156,16 @@ def test_a_process_holding_no_classes_takes_the_others_image_step(tmp_path, tiny
             assert torch.equal(module.synthetic.images, before)  # a zero gradient: nothing moves
     finally:
         dist.destroy_process_group()
+
+
+def test_resuming_with_the_other_step_formulation_says_so(tmp_path, tiny_cfg, caplog):
+    """compile=auto picks by device: a run checkpointed by one formulation and resumed with the other is
+    told that its random draws part from an uninterrupted run's."""
+    distill(tiny_cfg(tmp_path, "iterations=1", "distill.compile=on"))
+    with caplog.at_level("WARNING", logger="dream_pl.distill"):
+        distill(tiny_cfg(tmp_path, "iterations=2", "distill.compile=off"))
+    assert "written by the static step and it continues with the host step" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dream_pl.distill"):
+        distill(tiny_cfg(tmp_path, "iterations=3", "distill.compile=off"))
+    assert "continues with" not in caplog.text

@@ -427,11 +427,30 @@ class DistillModule(pl.LightningModule):
         self.static = not blockers and static_formulation(mode, self.device)
         # collectives (classes sharded) stay outside graphs: the capturable step then runs eagerly
         self.capture = self.static and use_graphs(mode, self.device) and not self.shard.sharded
+        before = getattr(self, "_resumed_formulation", None)
+        if before is not None and before != self.formulation:  # e.g. a GPU run resumed on a CPU under auto
+            log.warning(
+                "this run's checkpoint was written by the %s step and it continues with the %s step "
+                "(distill.compile=%s on %s): from here on its draws differ from an uninterrupted run's",
+                before,
+                self.formulation,
+                mode,
+                self.device.type,
+            )
         if self.static:
             owned = self.shard.classes
             self._match_gens = {c: torch.Generator(device=self.device) for c in owned}
             self._net_gen = torch.Generator(device=self.device)
             self._net_momentum()
+
+    @property
+    def formulation(self) -> str:
+        """Which step runs: "static" (the capturable one, captured or not) or "host" (host-decided draws).
+
+        The two draw different random streams, so a run that changes formulation on resume is not bitwise
+        an uninterrupted one; whether the static step is captured does not change its results.
+        """
+        return "static" if self.static else "host"
 
     def _net_momentum(self) -> list[Tensor]:
         """The network optimiser's momentum buffers, created as zeros where missing (= SGD's first step)."""
@@ -681,12 +700,14 @@ class DistillModule(pl.LightningModule):
         checkpoint["net_optimizer"] = self.net_opt.state_dict()
         checkpoint["sampler"] = self.sampler.state_dict()
         checkpoint["torch_rng"] = torch.get_rng_state()
+        checkpoint["step_formulation"] = self.formulation
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the network optimiser and the sampler's selection."""
         self._pending_net_opt = checkpoint["net_optimizer"]
         self.sampler.load_state_dict(checkpoint["sampler"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        self._resumed_formulation = checkpoint.get("step_formulation")
 
     def load_state_dict(
         self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False
