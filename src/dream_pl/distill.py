@@ -226,22 +226,8 @@ class DistillModule(pl.LightningModule):
         opt = self._image_optimizer()
         opt.zero_grad()
         t0 = time.perf_counter()
-        losses: list[Tensor] = []
         owned = list(self.shard.classes)
-        if self.static:
-            losses = list(self._match_static(step).unbind())
-        for classes in class_chunks(owned, self.class_chunk()) if not self.static else []:
-            if len(classes) == 1:
-                loss = self.match_class(classes[0], step).unsqueeze(0)
-            else:
-                loss = self.match_classes(classes, step)
-            self._backward(loss.sum())
-            losses.extend(loss.detach().unbind())
-            if self.cfg.image_step == "per_class":
-                self._check_finite(torch.stack(losses), step)
-                # only the wrapped optimiser counts a Lightning step: the last class's step goes through it
-                (opt if classes[-1] == owned[-1] else getattr(opt, "optimizer", opt)).step()
-                opt.zero_grad()
+        losses = list(self._match_static(step).unbind()) if self.static else self._match_host(step, opt)
         per_class = self._all_classes(owned, losses)
         if self.cfg.image_step == "joint":
             self._check_finite(per_class, step)
@@ -269,6 +255,27 @@ class DistillModule(pl.LightningModule):
             "outer": float(outer),
         }
 
+    def _match_host(self, step: int, opt: torch.optim.Optimizer) -> list[Tensor]:
+        """The owned classes' losses, chunk by chunk, back-propagated into the images as they go.
+
+        ``image_step=per_class`` steps the optimiser after each class (chunks of one).
+        """
+        losses: list[Tensor] = []
+        owned = list(self.shard.classes)
+        for classes in class_chunks(owned, self.class_chunk()):
+            if len(classes) == 1:
+                loss = self.match_class(classes[0], step).unsqueeze(0)
+            else:
+                loss = self.match_classes(classes, step)
+            self._backward(loss.sum())
+            losses.extend(loss.detach().unbind())
+            if self.cfg.image_step == "per_class":
+                self._check_finite(torch.stack(losses), step)
+                # only the wrapped optimiser counts a Lightning step: the last class's step goes through it
+                (opt if classes[-1] == owned[-1] else getattr(opt, "optimizer", opt)).step()
+                opt.zero_grad()
+        return losses
+
     def match_inputs(self, c: int, step: int) -> tuple[Tensor, Tensor]:
         """Class ``c``'s real batch (from its sampler) and synthetic images, under one shared DSA draw.
 
@@ -278,28 +285,39 @@ class DistillModule(pl.LightningModule):
         g_cpu = generator(self.cfg.seed, "step", step, "host", c)
         g_dev = generator(self.cfg.seed, "step", step, "device", c, device=self.device)
         idx = self.sampler.indices(self.real, c, g_dev)  # drawn where the images live: no host copy
-        x_real = self.real.class_images(c, idx)
+        return self._augmented_pair(c, self.real.class_images(c, idx), g_dev, choice_generator=g_cpu)
+
+    def _augmented_pair(
+        self, c: int, x_real: Tensor, g: torch.Generator, **pick: Any
+    ) -> tuple[Tensor, Tensor]:
+        """``x_real`` and class ``c``'s decoded synthetic images, under one shared DSA draw from ``g``.
+
+        Above ``batch_syn_max`` synthetic images, a random subset; ``pick`` says how DSA picks its
+        geometric op (a host ``choice_generator``, or ``static=True``: see DiffAugment).
+        """
         x_syn = self.synthetic.class_decoded(c)
         if len(x_syn) > self.cfg.batch_syn_max:
-            x_syn = x_syn[draw_indices(len(x_syn), self.cfg.batch_syn_max, g_dev)]
-        x = self.match_aug(
-            torch.cat([x_real, self.real.normalize(x_syn)]),
-            shared=True,
-            generator=g_dev,
-            choice_generator=g_cpu,
-        )
+            x_syn = x_syn[draw_indices(len(x_syn), self.cfg.batch_syn_max, g)]
+        x = self.match_aug(torch.cat([x_real, self.real.normalize(x_syn)]), shared=True, generator=g, **pick)
         return x[: len(x_real)], x[len(x_real) :]
 
     def match_class(self, c: int, step: int) -> Tensor:
         """Matching loss of class ``c`` against its sampler's real batch, under one shared DSA draw."""
-        x_real, x_syn = self.match_inputs(c, step)
-        return self.matcher(
-            self.net, x_real, self._labels(c, len(x_real)), x_syn, self._labels(c, len(x_syn))
-        )
+        return self._class_losses([c], [self.match_inputs(c, step)])[0]
 
     def match_classes(self, classes: list[int], step: int) -> Tensor:
         """Losses of several classes in one batched pass ([K]); the same draws and values as one at a time."""
-        inputs = [self.match_inputs(c, step) for c in classes]
+        return self._class_losses(classes, [self.match_inputs(c, step) for c in classes])
+
+    def _class_losses(self, classes: list[int], inputs: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Matching losses [K] of ``classes`` on their (real, synthetic) inputs.
+
+        One class goes through the matcher itself, several through its batched (vmapped) pass.
+        """
+        if len(classes) == 1:
+            (x_real, x_syn), c = inputs[0], classes[0]
+            y_real, y_syn = self._labels(c, len(x_real)), self._labels(c, len(x_syn))
+            return self.matcher(self.net, x_real, y_real, x_syn, y_syn).unsqueeze(0)
         x_real = torch.stack([xr for xr, _ in inputs])
         x_syn = torch.stack([xs for _, xs in inputs])
         y_real = torch.stack([self._labels(c, x_real.shape[1]) for c in classes])
@@ -546,33 +564,15 @@ class DistillModule(pl.LightningModule):
         grad = torch.zeros_like(images)
         losses = []
         for chunk in class_chunks(list(range(len(owned))), self.class_chunk()):
-            inputs = [self._static_inputs(owned[i], real_idx[i]) for i in chunk]
-            if len(chunk) == 1:
-                (x_real, x_syn), c = inputs[0], owned[chunk[0]]
-                loss = self.matcher(
-                    self.net, x_real, self._labels(c, len(x_real)), x_syn, self._labels(c, len(x_syn))
-                ).unsqueeze(0)
-            else:
-                x_real = torch.stack([xr for xr, _ in inputs])
-                x_syn = torch.stack([xs for _, xs in inputs])
-                y_real = torch.stack([self._labels(owned[i], x_real.shape[1]) for i in chunk])
-                y_syn = torch.stack([self._labels(owned[i], x_syn.shape[1]) for i in chunk])
-                loss = self.matcher.batched(self.net, x_real, y_real, x_syn, y_syn)
+            classes = [owned[i] for i in chunk]
+            inputs = [  # the real indices given, every draw on the class's device stream
+                self._augmented_pair(c, self.real.get(real_idx[i]), self._match_gens[c], static=True)
+                for i, c in zip(chunk, classes, strict=True)
+            ]
+            loss = self._class_losses(classes, inputs)
             grad += torch.autograd.grad(loss.sum(), images)[0]
             losses.append(loss.detach())
         return torch.cat(losses), grad
-
-    def _static_inputs(self, c: int, real_idx: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`match_inputs` with the real indices given and every draw on class ``c``'s device stream."""
-        g = self._match_gens[c]
-        x_real = self.real.get(real_idx)
-        x_syn = self.synthetic.class_decoded(c)
-        if len(x_syn) > self.cfg.batch_syn_max:
-            x_syn = x_syn[draw_indices(len(x_syn), self.cfg.batch_syn_max, g)]
-        x = self.match_aug(
-            torch.cat([x_real, self.real.normalize(x_syn)]), shared=True, generator=g, static=True
-        )
-        return x[: len(x_real)], x[len(x_real) :]
 
     def _train_net_static(self, step: int) -> Tensor:
         """:meth:`train_net` as repeated replays of one capturable network step; returns the mean loss."""
