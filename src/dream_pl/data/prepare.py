@@ -17,16 +17,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from rich.progress import Progress
 
 from dream_pl.data.specs import DatasetSpec
+from dream_pl.synthetic import atomic_write
 
 META = "meta.json"
 
@@ -42,16 +43,6 @@ def prepared_key(name: str, options: dict) -> str:
     if "size" in options:
         parts.append(f"{int(options['size'])}px")
     return "_".join(parts)
-
-
-def write_class(folder: Path, split: str, c: int, images: torch.Tensor) -> None:
-    """One class's uint8 [n, C, H, W] array, written to a temporary name and renamed (atomic)."""
-    path = folder / split / f"{c:05d}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, np.ascontiguousarray(images.numpy()))
-    os.replace(tmp, path)
 
 
 def class_file(folder: Path, split: str, c: int) -> Path:
@@ -84,16 +75,15 @@ def read_prepared(folder: Path) -> tuple[dict, list[tuple[torch.Tensor, torch.Te
 
 def _assemble(folder: Path, split: str, counts: list[int]) -> None:
     """Concatenate a split's class files into one array, class by class (memory: one class)."""
-    first = np.load(class_file(folder, split, 0), mmap_mode="r")
-    tmp = folder / f".{split}.npy.{os.getpid()}.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(sum(counts), *first.shape[1:]))
-    start = 0
-    for c, n in enumerate(counts):
-        out[start : start + n] = np.load(class_file(folder, split, c), mmap_mode="r")
-        start += n
-    out.flush()
-    del out
-    os.replace(tmp, split_file(folder, split))
+    parts = [np.load(class_file(folder, split, c), mmap_mode="r") for c in range(len(counts))]
+    header = {"descr": "|u1", "fortran_order": False, "shape": (sum(counts), *parts[0].shape[1:])}
+
+    def write(f: BinaryIO) -> None:
+        np.lib.format.write_array_header_1_0(f, header)
+        for part in parts:
+            f.write(np.ascontiguousarray(part).tobytes())
+
+    atomic_write(split_file(folder, split), write)
 
 
 def prepare(
@@ -118,7 +108,8 @@ def prepare(
         for c, (_, train, test) in enumerate(classes):
             for split, items in (("train", train), ("test", test)):
                 if not class_file(folder, split, c).is_file():
-                    write_class(folder, split, c, decode(items))
+                    images = np.ascontiguousarray(decode(items).numpy())
+                    atomic_write(class_file(folder, split, c), lambda f, x=images: np.save(f, x))
                 counts[split].append(int(np.load(class_file(folder, split, c), mmap_mode="r").shape[0]))
             bar.advance(task)
     for split in ("train", "test"):
@@ -132,9 +123,7 @@ def prepare(
         "train_counts": counts["train"],
         "test_counts": counts["test"],
     }
-    tmp = folder / f".{META}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / META)
+    atomic_write(folder / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     for split in ("train", "test"):  # the class files were the resume points; the split files replace them
         shutil.rmtree(folder / split)
     return folder
