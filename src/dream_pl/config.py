@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
 from dream_pl.clustering import BACKENDS, INITS
-from dream_pl.data import DATASETS, DatasetSpec, get_spec
+from dream_pl.data import DATASETS, DatasetSpec
+from dream_pl.data.specs import spec_for
 from dream_pl.errors import UserError
 from dream_pl.features import FEATURE_INPUTS
 from dream_pl.graphs import COMPILE_MODES
@@ -96,13 +97,7 @@ def _check_target_block(name: str, node: DictConfig, extra: Iterable[str] = ()) 
 
 def dataset_spec(dataset: DictConfig) -> DatasetSpec:
     """The image shape and classes a ``dataset`` block gives (its options may set size and classes)."""
-    options = dataset.get("options") or {}
-    shape = {"size": int(options["size"])} if "size" in options else {}
-    if "classes" in options:
-        shape["num_classes"] = len(options["classes"])
-    if "nclass" in options:
-        shape["num_classes"] = int(options["nclass"])
-    return get_spec(dataset.name, **shape)
+    return spec_for(dataset.name, dataset.get("options") or {})
 
 
 def check_model_block(model: DictConfig, dataset: DictConfig) -> None:

@@ -26,7 +26,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from dream_pl.data.prepare import prepare, prepared_key, read_prepared
-from dream_pl.data.specs import DatasetSpec, get_spec
+from dream_pl.data.specs import DatasetSpec, spec_for
 from dream_pl.errors import UserError
 
 log = logging.getLogger("dream_pl.data")
@@ -306,20 +306,15 @@ def load_dataset(
     Raises:
         DatasetNotFoundError: The files are nowhere and could not be downloaded.
     """
-    spec = get_spec(name)
-    defaults = _SOURCES[name].defaults if name in _SOURCES else {}  # mnist_5k takes none
-    if unknown := set(options) - set(defaults):
-        raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
+    options = _with_defaults(name, options)
+    spec = spec_for(name, options)
     if name == "mnist_5k":
         return _report(name, _load_mnist_5k(spec))
-    source, options = _SOURCES[name], {**defaults, **options}
-    if "classes" in options or "nclass" in options:
-        count = len(options["classes"]) if "classes" in options else int(options["nclass"])
-        spec = get_spec(name, size=int(options["size"]), num_classes=count)
+    source = _SOURCES[name]
     base = Path(data_dir) if data_dir is not None else None
-    if base and (prepared := read_prepared(base / "prepared" / prepared_key(name, options))) is not None:
+    folder = base / "prepared" / prepared_key(name, options) if base else None
+    if folder and (prepared := read_prepared(folder)) is not None:
         (x_train, y_train), (x_test, y_test) = prepared[1]
-        folder = base / "prepared" / prepared_key(name, options)
         return _report(name, RealData(spec, x_train, y_train, x_test, y_test, source=str(folder)))
     roots = ([base] if base else []) + [Path(r) for r in SYSTEM_ROOTS]
     found, failure, note = _search(source, roots, options), "", ""
@@ -336,17 +331,22 @@ def load_dataset(
                                   label(y_test), source=str(found[1])), note)  # fmt: skip
 
 
+def _with_defaults(name: str, options: dict) -> dict:
+    """A dataset's loader options with its defaults filled in; an option it does not take is refused."""
+    defaults = _SOURCES[name].defaults if name in _SOURCES else {}  # mnist_5k takes none
+    if unknown := set(options) - set(defaults):
+        raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
+    return {**defaults, **options}
+
+
 def prepare_dataset(name: str, data_dir: Path, *, progress: bool = True, **options: object) -> Path:
     """Convert ``name`` (with its options) into ``data_dir/prepared/<key>/`` (see :mod:`.prepare`).
 
     ImageNet folders are decoded class by class, so memory holds one class at a time; other datasets are
     loaded as usual and split into classes.
     """
-    spec = get_spec(name)
-    defaults = _SOURCES[name].defaults if name in _SOURCES else {}
-    if unknown := set(options) - set(defaults):
-        raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
-    options = {**defaults, **options}
+    options = _with_defaults(name, options)
+    spec = spec_for(name, options)
     folder = data_dir / "prepared" / prepared_key(name, options)
     if name in ("imagenet", "imagenet_subset"):
         root = next(
@@ -365,7 +365,6 @@ def prepare_dataset(name: str, data_dir: Path, *, progress: bool = True, **optio
         items = _imagenet_items(root, wnids) if root else None
         if items is None:
             raise _not_found(name, _SOURCES[name], data_dir, [data_dir], options, "")
-        spec = get_spec(name, size=int(options["size"]), num_classes=len(wnids))
         per_class = [
             (w, [it for it in items[0] if it[1] == c], [it for it in items[1] if it[1] == c])
             for c, w in enumerate(wnids)

@@ -6,6 +6,7 @@ distilled images stay comparable with the published ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 
@@ -75,3 +76,13 @@ def get_spec(name: str, **overrides: int) -> DatasetSpec:
     if unknown:
         raise ValueError(f"get_spec accepts only size/num_classes overrides, got {sorted(unknown)}.")
     return replace(DATASETS[name], **overrides)
+
+
+def spec_for(name: str, options: Mapping[str, object]) -> DatasetSpec:
+    """The spec of ``name`` with the shape its loader options choose: ``size``, ``classes`` or ``nclass``."""
+    shape = {"size": int(options["size"])} if "size" in options else {}
+    if "classes" in options:
+        shape["num_classes"] = len(options["classes"])
+    if "nclass" in options:
+        shape["num_classes"] = int(options["nclass"])
+    return get_spec(name, **shape)
