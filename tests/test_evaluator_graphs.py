@@ -91,6 +91,16 @@ def trained_state(module: StackedClassifier) -> list[Tensor]:
     return [t.detach().cpu().clone() for t in (*module.parameters(), *nets)]
 
 
+def trained_alike(a: StackedClassifier, b: StackedClassifier, accelerator: str = "cpu") -> list[Tensor]:
+    """Fit both; their parameters and network buffers agree up to float rounding. Returns ``a``'s state."""
+    fit(a, accelerator)
+    fit(b, accelerator)
+    state = trained_state(a)
+    for x, y in zip(state, trained_state(b), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    return state
+
+
 def within_noise(a: list[float], b: list[float], test_size: int) -> tuple[float, float]:
     """|mean(a - b)| and 4 standard errors of it, for two runs' accuracies paired by repeat.
 
@@ -159,10 +169,7 @@ def test_static_epochs_equal_host_steps_where_draws_coincide(mnist, mnist_protoc
     host = classifier(mnist, 2, replace(p, compile="off"), stacked=stacked)  # 20 images: batches 8, 8, 4
     static = classifier(mnist, 2, replace(p, compile="on"), stacked=stacked)
     init = trained_state(static)
-    fit(host)
-    fit(static)
-    for a, b, c in zip(trained_state(static), trained_state(host), init, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, c in zip(trained_alike(static, host), init, strict=True):
         assert not torch.equal(a, c)  # nine steps moved every parameter
 
 
@@ -206,10 +213,7 @@ def test_captured_epochs_equal_eager_static_on_cuda(mnist, mnist_protocol, norm)
     eager = classifier(mnist, 10, p, norm=norm, device="cuda", capture=False)
     assert (captured.formulation, eager.formulation) == ("graphs", "eager-static")
     assert captured.stacked == (norm != "batch")
-    fit(captured, "gpu")
-    fit(eager, "gpu")
-    for a, b in zip(trained_state(captured), trained_state(eager), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    trained_alike(captured, eager, "gpu")
 
 
 @pytest.mark.gpu
@@ -218,10 +222,7 @@ def test_captured_epochs_equal_host_steps_on_cuda_where_draws_coincide(mnist, mn
     p = replace(mnist_protocol, epochs=3, repeats=2, dsa=ONE_GEOMETRIC, cutmix_p=0.0)
     captured = classifier(mnist, 10, replace(p, compile="auto"), device="cuda")
     host = classifier(mnist, 10, replace(p, compile="off"), device="cuda")
-    fit(captured, "gpu")
-    fit(host, "gpu")
-    for a, b in zip(trained_state(captured), trained_state(host), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    trained_alike(captured, host, "gpu")
 
 
 @pytest.mark.gpu
