@@ -61,7 +61,7 @@ class RealSet:
         counts = torch.bincount(self.labels.cpu(), minlength=num_classes or 0)  # [K]
         self._sizes: list[int] = counts.tolist()
         self._offsets: list[int] = [0, *counts.cumsum(0).tolist()]  # where each class starts, globally
-        self._starts: list[int] = self._offsets[:-1]  # ... and in ``images`` (differs once classes are kept)
+        self._starts: list[int] = self._offsets[:-1]  # ... and in ``images`` (-1: not held, see keep)
         self.held: tuple[int, ...] = tuple(range(len(self._sizes)))
         self._index_maps()
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -88,7 +88,7 @@ class RealSet:
         parts = [self.class_slice(c) for c in kept.held]
         kept.images = torch.cat([self.images[part] for part in parts]) if parts else self.images[:0]
         kept.labels = torch.cat([self.labels[part] for part in parts]) if parts else self.labels[:0]
-        kept._starts, start = list(self._starts), 0
+        kept._starts, start = [-1] * len(self._sizes), 0
         for c in kept.held:
             kept._starts[c], start = start, start + self._sizes[c]
         kept._index_maps()
@@ -129,7 +129,7 @@ class RealSet:
 
     def class_slice(self, c: int) -> slice:
         """Where class ``c`` sits in the sorted storage (``images``)."""
-        if c not in self.held and not self.complete:
+        if self._starts[c] < 0:  # O(1): called per class in every step
             raise ValueError(f"class {c} is not held by this process; it holds {list(self.held)}")
         return slice(self._starts[c], self._starts[c] + self._sizes[c])
 
