@@ -154,13 +154,17 @@ def test_tiled_random_init_trains_better_than_the_same_number_of_whole_images(
 
 
 def test_kmeans_init_of_some_classes_is_those_rows_of_the_full_init(real, net, kmeans_stored):
-    """A process of a sharded run initialises its own classes as one process does (per-class seeds)."""
+    """A process of a sharded run initialises its own classes only, as one process does (per-class seeds)."""
     ipc, f = CONFIGS[0]
-    part = KMEANS(real, net, ipc=ipc, factor=f, seed=0, classes=(1, 4, 7))
-    rows = part.view(NUM_CLASSES, ipc, *part.shape[1:])
-    full = kmeans_stored[(ipc, f)].view_as(rows)
-    for c in range(NUM_CLASSES):
-        if c in (1, 4, 7):
-            assert torch.equal(rows[c], full[c])
-        else:
-            assert not rows[c].any()
+    part = KMEANS(real, net, ipc=ipc, factor=f, seed=0, classes=(7, 1, 4))
+    full = kmeans_stored[(ipc, f)].view(NUM_CLASSES, ipc, *part.shape[1:])
+    torch.testing.assert_close(part, full[[7, 1, 4]].flatten(0, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("init", [RandomRealInit(), RandomRealInit(order="first"), NoiseInit()])
+def test_every_initialiser_gives_the_rows_of_the_classes_asked_for(real, net, init):
+    full = init(real, net, ipc=2, factor=2, seed=3)
+    part = init(real, net, ipc=2, factor=2, seed=3, classes=(5, 0))
+    assert part.shape == (4, *full.shape[1:])
+    assert torch.equal(part, torch.cat([full[10:12], full[0:2]]))
+    assert init(real, net, ipc=2, factor=2, seed=3, classes=()).shape == (0, *full.shape[1:])

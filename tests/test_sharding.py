@@ -64,6 +64,43 @@ def test_without_a_process_group_one_process_owns_every_class():
     assert shard.sum_(grad) is grad  # a no-op
 
 
+def _gather_on_two(rank: int, init: str, results: Path) -> None:
+    """Rank ``rank`` of 2 gloo processes: gather class rows for a few class counts, save what it got."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    got = {}
+    for num_classes in (5, 4, 1):  # uneven shares, even shares, a process that holds no class
+        whole = torch.arange(num_classes * 3 * 2, dtype=torch.float32).view(num_classes * 3, 2)
+        shard = Shard.current(num_classes)
+        local = shard.own_rows(whole, 3)
+        got[num_classes] = {
+            "local": local,
+            "everywhere": shard.gather_classes(local, 3, num_classes),
+            "on_0": shard.gather_classes(local, 3, num_classes, dst=0),
+            "labels": shard.gather_classes(
+                torch.tensor(shard.classes, dtype=torch.long).repeat_interleave(3), 3, num_classes
+            ),
+        }
+    torch.save(got, results / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_class_rows_gathered_over_two_processes_are_every_class_in_order(tmp_path):
+    """What a checkpoint and an export rely on: each process's own classes' rows, gathered, are the
+    class-major whole; on rank 0 alone with ``dst=0``; and ``own_rows`` cuts a process's rows back out."""
+    torch.multiprocessing.spawn(_gather_on_two, args=(f"file://{tmp_path / 'group'}", tmp_path), nprocs=2)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for num_classes, parts in got.items():
+            whole = torch.arange(num_classes * 3 * 2, dtype=torch.float32).view(num_classes * 3, 2)
+            owned = owned_classes(num_classes, rank, 2)
+            assert parts["local"].shape == (3 * len(owned), 2)
+            assert torch.equal(parts["everywhere"], whole)
+            assert torch.equal(parts["labels"], torch.arange(num_classes).repeat_interleave(3))
+            assert torch.equal(parts["on_0"], whole) if rank == 0 else parts["on_0"] is None
+
+
 def diagnostics(out: Path) -> list[float]:
     """The logged ``distill/diag/mmd_selected`` values of a run, in step order."""
     rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
@@ -91,11 +128,16 @@ def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path
     train(tmp_path / "moved", *DDP, "iterations=1", "distill.shard_net_update=false")
     train(tmp_path / "moved", "iterations=2", "distill.shard_net_update=false")
     torch.testing.assert_close(load_synthetic(tmp_path / "moved").images, one.images, rtol=0, atol=1e-6)
+    # and one checkpointed on one process resumes on two, each taking its classes' rows of the set
+    train(tmp_path / "grown", "iterations=1", "distill.shard_net_update=false")
+    train(tmp_path / "grown", *DDP, "iterations=2", "distill.shard_net_update=false")
+    torch.testing.assert_close(load_synthetic(tmp_path / "grown").images, one.images, rtol=0, atol=1e-6)
     logs = sorted(p.name for p in (tmp_path / "two").glob("*.log"))
     assert logs == ["train.log", "train_rank1.log"]  # both processes wrote into the one run folder
-    for rank, name in enumerate(logs):  # each process held half the real set: its own classes' images
+    for rank, name in enumerate(logs):  # each process held half the real and synthetic sets: its classes'
         text = (tmp_path / "two" / name).read_text()
         assert f"rank {rank} holds the real images of 5 of 10 classes: 1.5 of 3.0 MB" in text
+        assert f"rank {rank} holds the synthetic images of 5 of 10 classes: 0.01 of 0.03 MB" in text
 
 
 def net_losses(out: Path) -> list[float]:

@@ -205,8 +205,26 @@ def test_class_decoded_gradient_reaches_only_that_class():
 
 
 def test_synthetic_set_rejects_wrong_count():
-    with pytest.raises(ValueError, match="expected 6 stored images, got 5"):
+    with pytest.raises(ValueError, match=r"expected 6 stored images \(3 classes x ipc 2\), got 5"):
         SyntheticSet(torch.rand(5, 1, 4, 4), num_classes=3, ipc=2, factor=1)
+    with pytest.raises(ValueError, match=r"expected 4 stored images \(2 classes x ipc 2\), got 6"):
+        SyntheticSet(torch.rand(6, 1, 4, 4), num_classes=3, ipc=2, factor=1, classes=(0, 2))
+
+
+def test_a_set_holding_some_classes_decodes_and_labels_only_those():
+    """A process of a sharded run holds its classes' rows only: class 2's images are its rows 2:4."""
+    images = torch.rand(2 * 2, 1, 4, 4)
+    syn = SyntheticSet(images, num_classes=3, ipc=2, factor=2, classes=(0, 2))
+    assert syn.labels.tolist() == [0, 0, 2, 2]
+    torch.testing.assert_close(syn.class_decoded(2)[0:1], upsample(images[2:3, :, :2, :2], 4))
+    with pytest.raises(KeyError, match=r"class 1 is not held here \(held: \(0, 2\)\)"):
+        syn.class_decoded(1)
+    x, y = syn.decoded()
+    assert y.tolist() == [0] * 8 + [2] * 8
+    torch.testing.assert_close(x[8:], syn.class_decoded(2).detach())
+    empty = SyntheticSet(torch.rand(0, 1, 4, 4), num_classes=3, ipc=2, factor=2, classes=())
+    assert empty.decoded()[0].shape == (0, 1, 4, 4)
+    assert empty.labels.numel() == 0
 
 
 def test_clamp_bounds_in_place():

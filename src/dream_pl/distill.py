@@ -34,7 +34,7 @@ from dream_pl.samplers import Sampler
 from dream_pl.schemas import DistillConfig
 from dream_pl.seeding import derive, generator
 from dream_pl.sharding import Shard
-from dream_pl.synthetic import SyntheticData, SyntheticSet
+from dream_pl.synthetic import SyntheticData, SyntheticSet, decode_classes
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,11 @@ class DistillModule(pl.LightningModule):
         self.sampler, self.initializer, self.cfg, self.dataset = sampler, initializer, cfg, dataset
         self.run_config = run_config or {}  # stored in checkpoints and exports: what resume checks against
         _, channels, size, _ = real.images.shape
-        self.size = size
-        placeholder = torch.zeros(real.num_classes * cfg.ipc, channels, size, size)
-        self.synthetic = SyntheticSet(placeholder, real.num_classes, cfg.ipc, cfg.factor)
+        self.size, self._image_shape = size, (channels, size, size)
+        # the images of this process's classes are allocated once they are known (setup / prepare)
+        self.synthetic = SyntheticSet(
+            torch.zeros(0, *self._image_shape), real.num_classes, cfg.ipc, cfg.factor, ()
+        )
         self.register_buffer("initialized", torch.tensor(False))
         self.match_aug = DiffAugment(cfg.match_dsa)
         self.net_aug = DiffAugment(cfg.net_dsa)
@@ -133,6 +135,37 @@ class DistillModule(pl.LightningModule):
         lr = effective_lr_img(self.cfg.lr_img, self.cfg.ipc, self.size, self.cfg.lr_size_base)
         return torch.optim.SGD([self.synthetic.images], lr=lr, momentum=self.cfg.momentum_img)
 
+    def setup(self, stage: str) -> None:
+        """This process's share of the synthetic set, allocated before a checkpoint is restored into it.
+
+        Lightning calls this once the processes' group exists, before it restores a checkpoint and builds
+        the image optimiser, so the parameter the optimiser and the checkpoint see is the held share.
+        """
+        del stage
+        self.shard = Shard.current(self.real.num_classes)
+        self._hold_synthetic()
+
+    def _hold_synthetic(self) -> None:
+        """Allocate (zeros) the stored images of this process's classes, unless already held."""
+        classes = self.shard.classes
+        if self.synthetic.classes == classes:
+            return
+        rows = len(classes) * self.cfg.ipc
+        images = torch.zeros(rows, *self._image_shape, device=self.device, dtype=self.dtype)
+        self.synthetic = SyntheticSet(images, self.real.num_classes, self.cfg.ipc, self.cfg.factor, classes)
+        if self.shard.sharded:
+            whole = (
+                images.element_size() * self.real.num_classes * self.cfg.ipc * math.prod(self._image_shape)
+            )
+            log.info(
+                "rank %d holds the synthetic images of %d of %d classes: %.2f of %.2f MB",
+                self.shard.rank,
+                len(classes),
+                self.real.num_classes,
+                images.nbytes / 2**20,
+                whole / 2**20,
+            )
+
     def prepare(self) -> None:
         """Move the real set to the module's device and initialise the synthetic set (unless restored)."""
         if self.cfg.class_chunk not in (None, 1) and not self._can_batch():
@@ -141,6 +174,7 @@ class DistillModule(pl.LightningModule):
                 "matching network without batch norm; allowed here: 1 (one class at a time) or null"
             )
         self.shard = Shard.current(self.real.num_classes)
+        self._hold_synthetic()
         if self.shard.sharded and self.cfg.image_step == "per_class":
             raise ConfigError(
                 "distill.image_step=per_class steps the images after each class in turn, which classes "
@@ -176,7 +210,7 @@ class DistillModule(pl.LightningModule):
                 classes=self.shard.classes,
             )
             with torch.no_grad():
-                self.synthetic.images.copy_(self._gather_classes(images))
+                self.synthetic.images.copy_(images)
             self.initialized.fill_(True)
         # every process starts from rank 0's network (replicated work may differ in the last bit)
         self.shard.broadcast_([p.data for p in self.net.parameters()])
@@ -231,7 +265,6 @@ class DistillModule(pl.LightningModule):
         per_class = self._all_classes(owned, losses)
         if self.cfg.image_step == "joint":
             self._check_finite(per_class, step)
-            self._sum_image_gradient()
             opt.step()
         t1 = time.perf_counter()
         # the network's batches come from streams of their own, so which sampler matches (and how many
@@ -347,23 +380,6 @@ class DistillModule(pl.LightningModule):
         if losses:
             per_class[torch.tensor(owned, device=self.device)] = torch.stack(losses)
         return self.shard.sum_(per_class)
-
-    def _gather_classes(self, images: Tensor) -> Tensor:
-        """Stored images where each process filled its own classes' rows: every class's, on every process."""
-        if not self.shard.sharded:
-            return images
-        own = torch.zeros(self.real.num_classes, dtype=torch.bool, device=images.device)
-        own[list(self.shard.classes)] = True
-        mask = own.repeat_interleave(self.cfg.ipc).view(-1, *([1] * (images.dim() - 1)))
-        return self.shard.sum_(images * mask)
-
-    def _sum_image_gradient(self) -> None:
-        """Classes sharded: add the other processes' classes' gradients, so every process steps alike."""
-        if self.shard.sharded:
-            images = self.synthetic.images
-            if images.grad is None:
-                images.grad = torch.zeros_like(images)
-            self.shard.sum_(images.grad)
 
     def _labels(self, c: int, n: int) -> Tensor:
         return torch.full((n,), c, device=self.device, dtype=torch.long)
@@ -679,9 +695,23 @@ class DistillModule(pl.LightningModule):
         self.log("distill/peak_mem_mb", peak_memory_mb(self.device), on_step=True)
 
     # ------------------------------------------------------------- artifacts
-    def export(self) -> SyntheticData:
-        """The current synthetic set, decoded, in pixel space, with what is needed to evaluate it."""
-        x, y = self.synthetic.decoded()
+    def stored(self, dst: int | None = None) -> Tensor | None:
+        """Every class's stored images, class-major: gathered from the processes that hold them.
+
+        On every process (``dst=None``), or on rank ``dst`` alone (the others get ``None``).
+        """
+        local = self.synthetic.images.detach()
+        return self.shard.gather_classes(local, self.cfg.ipc, self.real.num_classes, dst)
+
+    def export(self, dst: int | None = None) -> SyntheticData | None:
+        """The whole synthetic set, decoded, in pixel space, with what is needed to evaluate it.
+
+        Classes sharded, every process calls this (a collective); ``dst`` as in :meth:`stored`.
+        """
+        stored = self.stored(dst)
+        if stored is None:
+            return None
+        x, y = decode_classes(stored, range(self.real.num_classes), self.cfg.ipc, self.cfg.factor)
         return SyntheticData(
             images=x.cpu(),
             labels=y.cpu(),
@@ -689,13 +719,19 @@ class DistillModule(pl.LightningModule):
             dataset=self.dataset,
             mean=tuple(self.real.mean.flatten().tolist()),
             std=tuple(self.real.std.flatten().tolist()),
-            stored=self.synthetic.images.detach().cpu(),
+            stored=stored.cpu(),
             config=self.run_config,
         )
 
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add what Lightning does not know: the network optimiser, the selection, the run's config."""
+        """Add what Lightning does not know: the network optimiser, the selection, the run's config.
+
+        Classes sharded, the synthetic set and its optimiser's momentum are gathered on rank 0 (the process
+        that writes), so a checkpoint always holds every class, whatever the number of processes.
+        """
+        if self.shard.sharded:
+            self._whole_set_into(checkpoint)
         checkpoint[CONFIG_KEY] = self.run_config
         checkpoint["net_optimizer"] = self.net_opt.state_dict()
         checkpoint["sampler"] = self.sampler.state_dict()
@@ -703,11 +739,27 @@ class DistillModule(pl.LightningModule):
         checkpoint["step_formulation"] = self.formulation
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the network optimiser and the sampler's selection."""
+        """Restore the network optimiser and the sampler's selection; keep this process's classes' images.
+
+        Runs before Lightning loads the state dict and the image optimiser from ``checkpoint``: their rows of
+        every class are cut to the held ones here (:meth:`setup` sized the set), whatever number of
+        processes wrote it.
+        """
+        states = per_image_states(checkpoint)
+        put_per_image_states(checkpoint, {k: self.shard.own_rows(v, self.cfg.ipc) for k, v in states.items()})
         self._pending_net_opt = checkpoint["net_optimizer"]
         self.sampler.load_state_dict(checkpoint["sampler"])
         torch.set_rng_state(checkpoint["torch_rng"])
         self._resumed_formulation = checkpoint.get("step_formulation")
+
+    def _whole_set_into(self, checkpoint: dict[str, Any]) -> None:
+        """Replace the held rows of the images, labels and momentum in ``checkpoint`` by every class's."""
+        whole = {
+            key: self.shard.gather_classes(local, self.cfg.ipc, self.real.num_classes, dst=0)
+            for key, local in per_image_states(checkpoint).items()
+        }
+        if self.shard.rank == 0:
+            put_per_image_states(checkpoint, whole)
 
     def load_state_dict(
         self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False
@@ -719,6 +771,38 @@ class DistillModule(pl.LightningModule):
             self.net_opt.load_state_dict(pending)
             self._pending_net_opt = None
         return result
+
+
+IMAGE_KEYS = ("synthetic.images", "synthetic.labels")  # the module's tensors with one row per stored image
+
+
+def per_image_states(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    """A checkpoint's tensors with a row per stored image: images, labels, the image momentum (once stepped).
+
+    The momentum is the image optimiser's (Lightning's first and only) buffer of its one parameter.
+    """
+    states = {key: checkpoint["state_dict"][key] for key in IMAGE_KEYS}
+    image_opt = (checkpoint.get("optimizer_states") or [{}])[0].get("state", {}).get(0, {})
+    if isinstance(image_opt.get("momentum_buffer"), Tensor):
+        states["momentum_buffer"] = image_opt["momentum_buffer"]
+    return states
+
+
+def put_per_image_states(checkpoint: dict[str, Any], states: dict[str, Tensor]) -> None:
+    """Write :func:`per_image_states`' tensors back into ``checkpoint``.
+
+    The optimiser's entries are replaced by copies: ``Optimizer.state_dict()`` shares the live
+    per-parameter state dicts, so writing into them would change the running optimiser.
+    """
+    for key in IMAGE_KEYS:
+        checkpoint["state_dict"][key] = states[key]
+    if "momentum_buffer" in states:
+        image_opt = checkpoint["optimizer_states"][0]
+        param_states = {
+            **image_opt["state"],
+            0: {**image_opt["state"][0], "momentum_buffer": states["momentum_buffer"]},
+        }
+        checkpoint["optimizer_states"][0] = {**image_opt, "state": param_states}
 
 
 class _Steps(torch.utils.data.IterableDataset):

@@ -1,7 +1,9 @@
 """Where the synthetic images start: K-means centres (DREAM), random real images, or noise.
 
-Each initialiser returns stored images [num_classes * ipc, C, H, W] in pixel space; with factor f it
-picks ipc * f^2 real images per class and tiles them f x f (IDC's multi-formation init).
+Each initialiser returns the stored images of the classes it is given (every class by default),
+[len(classes) * ipc, C, H, W] in pixel space, class-major in that order: a process of a sharded run
+initialises only its own classes. With factor f it picks ipc * f^2 real images per class and tiles them
+f x f (IDC's multi-formation init).
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from dream_pl.seeding import derive
 from dream_pl.synthetic import tile
 
 
-def _tile_classes(real: RealSet, picks: dict[int, Tensor], factor: int, ipc: int) -> Tensor:
-    """Pixel images of each class's picked indices, tiled f x f, class-major; classes not picked stay 0."""
+def _tile_classes(real: RealSet, picks: dict[int, Tensor], factor: int) -> Tensor:
+    """Pixel images of each class's picked indices, tiled f x f, class-major in the order of ``picks``."""
     _, channels, h, w = real.images.shape
-    stored = real.images.new_zeros(real.num_classes, ipc, channels, h, w, dtype=torch.float32)
-    for c, idx in picks.items():
-        stored[c] = tile(real.to_pixels(real.images[real.class_slice(c)][idx]), factor)
-    return stored.flatten(0, 1)
+    tiles = [tile(real.to_pixels(real.images[real.class_slice(c)][idx]), factor) for c, idx in picks.items()]
+    return torch.cat(tiles) if tiles else real.images.new_zeros(0, channels, h, w, dtype=torch.float32)
 
 
 class KMeansInit:
@@ -51,7 +51,7 @@ class KMeansInit:
         seed: int,
         classes: tuple[int, ...] | None = None,
     ) -> Tensor:
-        """Cluster each class (of ``classes``; the others stay 0) and tile the images nearest the centres.
+        """Cluster each class (of ``classes``) and tile the images nearest the centres.
 
         Each class has its own seed, so a process of a sharded run initialises its classes as one process
         initialising every class would.
@@ -69,7 +69,7 @@ class KMeansInit:
                 max_iter=self.max_iter,
                 init=self.kmeans_init,
             )
-        return _tile_classes(real, picks, factor, ipc)
+        return _tile_classes(real, picks, factor)
 
 
 class RandomRealInit:
@@ -100,7 +100,7 @@ class RandomRealInit:
         seed: int,
         classes: tuple[int, ...] | None = None,
     ) -> Tensor:
-        """Tile ``ipc * f^2`` real images per class (of ``classes``; the others stay 0).
+        """Tile ``ipc * f^2`` real images per class (of ``classes``).
 
         Every class's pick is drawn in turn from one stream, so a class gets the same images alone or not.
         """
@@ -112,7 +112,7 @@ class RandomRealInit:
             g = torch.Generator().manual_seed(seed)
             picks = [torch.randperm(real.class_sizes[c], generator=g)[:k] for c in range(real.num_classes)]
         kept = range(real.num_classes) if classes is None else classes
-        return _tile_classes(real, {c: picks[c].to(real.images.device) for c in kept}, factor, ipc)
+        return _tile_classes(real, {c: picks[c].to(real.images.device) for c in kept}, factor)
 
 
 class NoiseInit:
@@ -128,9 +128,10 @@ class NoiseInit:
         seed: int,
         classes: tuple[int, ...] | None = None,
     ) -> Tensor:
-        """Seeded noise images (every class)."""
-        del net, factor, classes
+        """Seeded noise images of ``classes`` (every class's drawn from one stream, then those kept)."""
+        del net, factor
         _, c, h, w = real.images.shape
         g = torch.Generator().manual_seed(seed)
-        noise = torch.randn(real.num_classes * ipc, c, h, w, generator=g) / 4 + 0.5
-        return noise.clamp(0, 1).to(real.images.device)
+        noise = (torch.randn(real.num_classes * ipc, c, h, w, generator=g) / 4 + 0.5).view(-1, ipc, c, h, w)
+        kept = list(range(real.num_classes) if classes is None else classes)
+        return noise[kept].flatten(0, 1).clamp(0, 1).to(real.images.device)

@@ -1,29 +1,31 @@
 """Classes sharded over processes: which process owns which classes, and the few collectives the loop needs.
 
-Under ``trainer=ddp`` every process matches and clusters only its own classes (class c belongs to rank
-c mod k, so class counts stay balanced). The synthetic images' gradient and the per-class losses are summed
-over processes (each class's comes from exactly one), so every process takes the same image step and holds
-the same synthetic set; the matching network is built from the same seed and trained on the same batches
-everywhere, and rank 0's weights are broadcast after every update so that no process can drift (exact
-for any number of processes, unlike averaging identical gradients, which rounds differently for k > 2).
-Every process therefore holds the whole state: a checkpoint needs no gather, and a run resumes on any
-number of processes. Every random draw of a class comes from that class's own stream, so the result does
-not depend on how classes are dealt out.
+Under ``trainer=ddp`` every process holds, matches, clusters and steps only its own classes' synthetic
+images (class c belongs to rank c mod k, so class counts stay balanced): no image gradient crosses
+processes, and the set's memory per process falls as 1/k. The per-class losses are summed over processes
+(logging and the NaN guard). The matching network is built from the same seed and trained on the same
+batches everywhere, and rank 0's weights are broadcast after every update so that no process can drift
+(exact for any number of processes, unlike averaging identical gradients, which rounds differently for
+k > 2). A checkpoint gathers the whole synthetic set (and its optimiser's momentum) on rank 0 and every
+process keeps every class's selection, so a run started on k processes resumes on any number: each takes
+its own classes' rows back (:meth:`Shard.own_rows`). Every random draw of a class comes from that
+class's own stream, so the result does not depend on how classes are dealt out.
 
-The K-means initialisation is sharded too (per-class seeds; each process fills its classes' rows and the
-rows are summed), and so is the real set on the device: a process keeps only its classes' images
-(``RealSet.keep``), and the matching network's random batches over every class are assembled by summing
-each process's rows (zero where another process holds the class: the sum is exact); a prepared dataset is
-memory-mapped, so a process reads only its classes' pages. Each network update is split as well
+The real set is sharded the same way: a process keeps only its classes' images (``RealSet.keep``), and
+the matching network's random batches over every class are assembled by summing each process's rows (zero
+where another process holds the class: the sum is exact); a prepared dataset is memory-mapped, so a
+process reads only its classes' pages. Each network update is split as well
 (``distill.shard_net_update``): every process computes every k-th row of the assembled batch and the
 gradients are summed.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
 from torch import Tensor
@@ -68,6 +70,41 @@ class Shard:
         if self.sharded:
             for tensor in tensors:
                 dist.broadcast(tensor, src=0)
+
+    def gather_classes(
+        self, local: Tensor, rows: int, num_classes: int, dst: int | None = None
+    ) -> Tensor | None:
+        """Every class's ``rows`` rows, class-major, from each process's own classes' (``local``).
+
+        On every process (``dst=None``: all-gather), or on rank ``dst`` alone (a gather: the others get
+        ``None`` and never hold the whole tensor). Shares are padded to the largest one, as collectives
+        need equal shapes.
+        """
+        if not self.sharded:
+            return local
+        width = math.ceil(num_classes / self.world) * rows
+        padded = local.new_zeros(width, *local.shape[1:])
+        padded[: len(local)] = local
+        if dst is None:
+            parts = [torch.empty_like(padded) for _ in range(self.world)]
+            dist.all_gather(parts, padded)
+        else:
+            parts = [torch.empty_like(padded) for _ in range(self.world)] if self.rank == dst else None
+            dist.gather(padded, parts, dst=dst)
+            if parts is None:
+                return None
+        # class c is process (c mod k)'s (c div k)-th
+        return torch.cat(
+            [parts[c % self.world][(c // self.world) * rows :][:rows] for c in range(num_classes)]
+        )
+
+    def own_rows(self, whole: Tensor, rows: int) -> Tensor:
+        """This process's classes' ``rows`` rows of a class-major tensor of every class (a checkpoint's)."""
+        if not self.sharded:
+            return whole
+        return (
+            torch.cat([whole[c * rows : (c + 1) * rows] for c in self.classes]) if self.classes else whole[:0]
+        )
 
     def merge(self, owned: dict[int, Any]) -> dict[int, Any]:
         """Every process's ``{class: value}`` for its own classes, merged (small values: selections)."""

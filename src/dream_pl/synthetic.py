@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,27 +79,47 @@ def tile(images: Tensor, factor: int) -> Tensor:
     return out
 
 
-class SyntheticSet(nn.Module):
-    """``num_classes * ipc`` learnable stored images (class-major) with fixed hard labels."""
+def decode_classes(stored: Tensor, classes: Sequence[int], ipc: int, factor: int) -> tuple[Tensor, Tensor]:
+    """Stored images of ``classes`` (``ipc`` each, in that order) decoded, with their labels."""
+    x = torch.cat([decode(block, factor) for block in stored.split(ipc)]) if len(stored) else stored
+    y = torch.tensor(list(classes), dtype=torch.long, device=stored.device).repeat_interleave(ipc * factor**2)
+    return x, y
 
-    def __init__(self, images: Tensor, num_classes: int, ipc: int, factor: int) -> None:
+
+class SyntheticSet(nn.Module):
+    """``ipc`` learnable stored images for each held class (class-major) with fixed hard labels.
+
+    ``classes``: the classes this process holds (default every class). Classes sharded over processes
+    (``trainer=ddp``), each process holds and steps only its own classes' images, so the set's memory per
+    process falls as 1/k; :meth:`dream_pl.distill.DistillModule.export` gathers the whole set.
+    """
+
+    def __init__(
+        self, images: Tensor, num_classes: int, ipc: int, factor: int, classes: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
-        if images.shape[0] != num_classes * ipc:
-            raise ValueError(f"expected {num_classes * ipc} stored images, got {images.shape[0]}")
+        self.classes = tuple(range(num_classes)) if classes is None else tuple(classes)
+        if images.shape[0] != len(self.classes) * ipc:
+            raise ValueError(
+                f"expected {len(self.classes) * ipc} stored images ({len(self.classes)} classes x ipc "
+                f"{ipc}), got {images.shape[0]}"
+            )
         self.num_classes, self.ipc, self.factor = num_classes, ipc, factor
+        self._row = {c: i * ipc for i, c in enumerate(self.classes)}
         self.images = nn.Parameter(images.clone())
-        self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(ipc))
+        self.register_buffer("labels", torch.tensor(self.classes, dtype=torch.long).repeat_interleave(ipc))
 
     def class_decoded(self, c: int) -> Tensor:
         """Decoded images of class ``c``: [ipc f^2, C, H, W], differentiable w.r.t. the stored ones."""
-        return decode(self.images[c * self.ipc : (c + 1) * self.ipc], self.factor)
+        if c not in self._row:
+            raise KeyError(f"class {c} is not held here (held: {self.classes})")
+        row = self._row[c]
+        return decode(self.images[row : row + self.ipc], self.factor)
 
     def decoded(self) -> tuple[Tensor, Tensor]:
-        """All decoded images (detached, pixel space) and their labels, class-major."""
+        """The held classes' decoded images (detached, pixel space) and their labels, class-major."""
         with torch.no_grad():
-            x = torch.cat([self.class_decoded(c) for c in range(self.num_classes)])
-        y = torch.arange(self.num_classes, device=x.device).repeat_interleave(self.ipc * self.factor**2)
-        return x, y
+            return decode_classes(self.images.detach(), self.classes, self.ipc, self.factor)
 
     @torch.no_grad()
     def clamp_(self) -> None:

@@ -29,12 +29,12 @@ class SyntheticExport(pl.Callback):
     def export(self, pl_module: pl.LightningModule, name: str = "synthetic") -> Path:
         """Write the current synthetic set as ``<name>.pt`` and ``<name>.png``; returns the ``.pt`` path.
 
-        Written by rank 0 alone when processes share the run (they all hold the same set).
+        Classes sharded, every process sends its classes' images to rank 0, which alone writes.
         """
         path = self.dirpath / f"{name}.pt"
-        if pl_module.global_rank != 0:
+        data = pl_module.export(dst=0)
+        if data is None:
             return path
-        data = pl_module.export()
         save_synthetic(path, data)
         grid = self.dirpath / f"{name}.png"
         save_grid(grid, data.images, data.labels)

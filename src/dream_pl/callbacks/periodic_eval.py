@@ -35,10 +35,13 @@ class PeriodicEvaluation(pl.Callback):
         self.history: list[dict[str, float]] = []
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration (rank 0 only)."""
-        if trainer.global_rank != 0:
+        """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration (on rank 0).
+
+        Every process sends its classes' images (sharded classes); rank 0 alone evaluates.
+        """
+        data = pl_module.export(dst=0)
+        if data is None:
             return
-        data = pl_module.export()
         result = self.evaluate(data.images, data.labels, protocol=self.protocol)
         outer = trainer.global_step / self.inner_loops
         row = {"step": trainer.global_step, "iteration": outer, "acc": result.mean, "std": result.std}
