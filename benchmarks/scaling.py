@@ -116,6 +116,22 @@ def collectives_s(module: DistillModule, repeats: int = 5) -> float:
     return sum(timed(one_step) for _ in range(repeats)) / repeats
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (VmRSS): after the steps, what it holds in steady state."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def held_mb(module: DistillModule) -> float:
+    """The class-dependent tensors this process holds: its real images, stored images and their momentum."""
+    images = module.synthetic.images
+    momentum = module._image_optimizer().state.get(images, {}).get("momentum_buffer")
+    held = [module.real.images, images, *([momentum] if isinstance(momentum, torch.Tensor) else [])]
+    return sum(t.nbytes for t in held) / 2**20
+
+
 def run(rank: int, world: int, args: argparse.Namespace, out: Path) -> None:
     """One process of a k-process run: a clustering event and ``--steps`` inner steps, timed."""
     torch.set_num_threads(args.threads)
@@ -136,6 +152,8 @@ def run(rank: int, world: int, args: argparse.Namespace, out: Path) -> None:
         "match": sum(r[1] for r in rows) / len(rows),
         "net": sum(r[2] for r in rows) / len(rows),
         "own": len(module.shard.classes),
+        "held_mb": held_mb(module),
+        "rss_mb": resident_mb(),
     }
     if world == 1:
         result["n_f"] = network_fixed_s(module)
@@ -188,16 +206,22 @@ def main() -> None:
     )
     print(
         "| k | own classes (rank 0) | matching s | network s | clustering event s | a(k) s "
-        "| measured s per step (events amortised) | predicted |"
+        "| measured s per step (events amortised) | predicted | held MB per process | VmRSS MB per process |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fit = "(the constants' run)"
     for k in ks:
         r = results[k][0]
         a = max(p.get("a", 0.0) for p in results[k])
         measured = r["step"] + r["event"] / args.interval
+        model = fit if k == 1 else f"{predicted(c, args.classes, k, args.interval, a):.2f}"
+
+        def per_process(key: str, spec: str, k: int = k) -> str:
+            return " / ".join(format(part[key], spec) for part in results[k])
+
         print(
             f"| {k} | {r['own']} | {r['match']:.2f} | {r['net']:.2f} | {r['event']:.2f} | {a:.3f} "
-            f"| {measured:.2f} | {predicted(c, args.classes, k, args.interval, a):.2f} |"
+            f"| {measured:.2f} | {model} | {per_process('held_mb', '.1f')} | {per_process('rss_mb', '.0f')} |"
         )
     target = next(name for name, (key, _) in TARGETS.items() if key == args.dataset)
     classes = TARGETS[target][1]
