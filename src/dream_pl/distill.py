@@ -265,6 +265,9 @@ class DistillModule(pl.LightningModule):
         per_class = self._all_classes(owned, losses)
         if self.cfg.image_step == "joint":
             self._check_finite(per_class, step)
+            images = self.synthetic.images
+            if images.grad is None:  # no class here (more processes than classes): a zero step, so that
+                images.grad = torch.zeros_like(images)  # every process's optimiser has state to gather
             opt.step()
         t1 = time.perf_counter()
         # the network's batches come from streams of their own, so which sampler matches (and how many
