@@ -16,8 +16,10 @@ import pytest
 import torch
 from clitools import HANG_S
 
+from dream_pl.data import RealSet, load_dataset
 from dream_pl.sharding import Shard, owned_classes
 from dream_pl.synthetic import load_synthetic
+from dream_pl.workflow import build_module
 
 RUN = (
     "ipc=1",
@@ -36,6 +38,7 @@ RUN = (
     "trainer.accelerator=cpu",
 )
 DDP = ("trainer=ddp", "trainer.devices=2")
+UNSPLIT = ("distill.shard_net_update=false",)  # every network update whole on every process: bit for bit
 
 
 def train(out: Path, *extra: str, limit: float = HANG_S, base: tuple[str, ...] = RUN) -> None:
@@ -99,6 +102,63 @@ def test_class_rows_gathered_over_two_processes_are_every_class_in_order(tmp_pat
             assert torch.equal(parts["everywhere"], whole)
             assert torch.equal(parts["labels"], torch.arange(num_classes).repeat_interleave(3))
             assert torch.equal(parts["on_0"], whole) if rank == 0 else parts["on_0"] is None
+
+
+def _two_classes(rank: int, world: int, init: str, results: Path) -> None:
+    """Distil mnist_5k's first two classes on ``world`` gloo processes (one thread each), then checkpoint
+    and export: what each process held and what rank 0 got."""
+    import torch.distributed as dist
+    from conftest import tiny_train_config
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    cfg = tiny_train_config(results, "sampler=random", "init=random", "distill.lr_img=3", *UNSPLIT)
+    data = load_dataset(cfg.dataset.name)
+    first = data.train_labels < 2
+    real = RealSet(
+        data.train_images[first], data.train_labels[first], data.spec.mean, data.spec.std, "cpu", 2
+    )
+    module = build_module(cfg, real, data.spec)
+    module.prepare()
+    for step in range(3):
+        module.distill_step(step)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "optimizer_states": [module._image_optimizer().state_dict()],
+    }
+    module.on_save_checkpoint(checkpoint)
+    exported = module.export(dst=0)
+    torch.save(
+        {
+            "held": module.synthetic.classes,
+            "images": checkpoint["state_dict"]["synthetic.images"],
+            "momentum": checkpoint["optimizer_states"][0]["state"][0]["momentum_buffer"],
+            "exported": None if exported is None else exported.stored,
+        },
+        results / f"k{world}_rank{rank}.pt",
+    )
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_more_processes_than_classes_one_holds_none_and_rank_0_gathers_the_whole_set(tmp_path):
+    """Two classes on three processes: rank 2 holds no image, takes zero steps and still joins every
+    collective; rank 0's checkpoint and export hold both classes' images and momentum, as one process's."""
+    threads = torch.get_num_threads()
+    try:
+        _two_classes(0, 1, "", tmp_path)  # the one-process reference, in this process
+    finally:
+        torch.set_num_threads(threads)
+    torch.multiprocessing.spawn(_two_classes, args=(3, f"file://{tmp_path / 'group'}", tmp_path), nprocs=3)
+    one = torch.load(tmp_path / "k1_rank0.pt")
+    ranks = [torch.load(tmp_path / f"k3_rank{r}.pt") for r in range(3)]
+    assert [r["held"] for r in ranks] == [(0,), (1,), ()]
+    assert one["images"].shape[0] == 2  # ipc 1, two classes
+    for key in ("images", "momentum", "exported"):
+        torch.testing.assert_close(ranks[0][key], one[key], rtol=0, atol=1e-6)
+    assert ranks[1]["exported"] is None
+    assert ranks[2]["images"].shape[0] == 0  # what rank 2 would have written: its (empty) share
 
 
 def diagnostics(out: Path) -> list[float]:
