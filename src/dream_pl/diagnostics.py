@@ -127,6 +127,30 @@ def stack_diagnostics(per_class: dict[int, dict[str, Tensor]]) -> dict[str, Tens
     return out
 
 
+def per_class_diagnostics(
+    net: nn.Module,
+    real: RealSet,
+    sampler: Sampler,
+    streams: Callable[[int], torch.Generator],
+    *,
+    max_classes: int,
+    reference: int,
+    classes: Sequence[int] | None = None,
+) -> dict[int, dict[str, Tensor]]:
+    """:func:`class_diagnostics` of each of the first ``max_classes`` classes (of ``classes`` if given).
+
+    Class c draws from ``streams(c)``, so its values do not depend on which other classes are analysed
+    (a process of a sharded run analyses its own classes and the results are merged). The network is
+    evaluated in eval mode and left as found.
+    """
+    was_training = net.training
+    net.eval()
+    wanted = [c for c in range(min(max_classes, real.num_classes)) if classes is None or c in classes]
+    per_class = {c: class_diagnostics(net, real, sampler, streams(c), c, reference=reference) for c in wanted}
+    net.train(was_training)
+    return per_class
+
+
 def selection_diagnostics(
     net: nn.Module,
     real: RealSet,
@@ -139,19 +163,15 @@ def selection_diagnostics(
 ) -> dict[str, Tensor]:
     """The sampler's batch vs a random batch of the same size, for the first ``max_classes`` classes.
 
-    Class c draws from ``streams(c)``, so its values do not depend on which other classes are analysed;
-    ``classes``: only those of them (a process's own classes when classes are sharded).
-
-    Per class, ``reference`` random images of the class stand for the whole class. ``mmd_*``: [classes]
-    RBF MMD^2 of each batch to the reference in the network's feature space (Fig. 2c). ``graddist_*``:
-    [classes] L1 distance of each batch's conv-weight gradient to the reference's (what a representative
-    batch should be close to; Fig. 3), and ``graddist_ratio`` selected / random (< 1: the selection is more
-    representative than chance). ``gn_*``: per-sample gradient norms of every image of the batches
-    (Fig. 1a). The network is evaluated in eval mode and left as found.
+    :func:`per_class_diagnostics`, stacked. Per class, ``reference`` random images of the class stand for
+    the whole class. ``mmd_*``: [classes] RBF MMD^2 of each batch to the reference in the network's feature
+    space (Fig. 2c). ``graddist_*``: [classes] L1 distance of each batch's conv-weight gradient to the
+    reference's (what a representative batch should be close to; Fig. 3), and ``graddist_ratio`` selected
+    / random (< 1: the selection is more representative than chance). ``gn_*``: per-sample gradient norms
+    of every image of the batches (Fig. 1a).
     """
-    was_training = net.training
-    net.eval()
-    wanted = [c for c in range(min(max_classes, real.num_classes)) if classes is None or c in classes]
-    per_class = {c: class_diagnostics(net, real, sampler, streams(c), c, reference=reference) for c in wanted}
-    net.train(was_training)
-    return stack_diagnostics(per_class)
+    return stack_diagnostics(
+        per_class_diagnostics(
+            net, real, sampler, streams, max_classes=max_classes, reference=reference, classes=classes
+        )
+    )

@@ -26,7 +26,7 @@ from dream_pl.checkpoints import CONFIG_KEY
 from dream_pl.config import ConfigError
 from dream_pl.data import RealSet
 from dream_pl.data.realset import draw_indices
-from dream_pl.diagnostics import class_diagnostics, stack_diagnostics
+from dream_pl.diagnostics import per_class_diagnostics, stack_diagnostics
 from dream_pl.errors import UserError
 from dream_pl.graphs import GraphedStep, sgd_step_, static_formulation, use_graphs
 from dream_pl.matchers import supports_batched_classes
@@ -634,21 +634,15 @@ class DistillModule(pl.LightningModule):
         Classes sharded, each process analyses the classes it holds among the first ``max_classes`` and
         the results are merged: the same values as one process (every class has its own stream).
         """
-        was_training = self.net.training
-        self.net.eval()
-        per_class = {
-            c: class_diagnostics(
-                self.net,
-                self.real,
-                self.sampler,
-                generator(self.cfg.seed, "diagnostics", step, c),
-                c,
-                reference=reference,
-            )
-            for c in range(min(max_classes, self.real.num_classes))
-            if c in self.real.held
-        }
-        self.net.train(was_training)
+        per_class = per_class_diagnostics(
+            self.net,
+            self.real,
+            self.sampler,
+            lambda c: generator(self.cfg.seed, "diagnostics", step, c),
+            max_classes=max_classes,
+            reference=reference,
+            classes=self.real.held,
+        )
         if self.shard.sharded:
             per_class = self.shard.merge(
                 {c: {k: v.cpu() for k, v in d.items()} for c, d in per_class.items()}
