@@ -12,6 +12,7 @@ from dream_pl.synthetic import (
     SyntheticSet,
     atomic_torch_save,
     decode,
+    decode_classes,
     decode_labels,
     load_synthetic,
     save_grid,
@@ -182,7 +183,7 @@ def test_synthetic_set_labels_and_decoded():
     # first decoded image of class 1: crop (0, 0) of stored image 2; then crop (0, 0) of stored image 3
     torch.testing.assert_close(dec[0:1], upsample(images[2:3, :, :2, :2], 4))
     torch.testing.assert_close(dec[1:2], upsample(images[3:4, :, :2, :2], 4))
-    x, y = syn.decoded()
+    x, y = decode_classes(syn.images.detach(), syn.classes, syn.ipc, syn.factor)
     assert x.shape == (3 * 2 * 4, 1, 4, 4)
     assert not x.requires_grad
     assert y.tolist() == [0] * 8 + [1] * 8 + [2] * 8
@@ -219,11 +220,16 @@ def test_a_set_holding_some_classes_decodes_and_labels_only_those():
     torch.testing.assert_close(syn.class_decoded(2)[0:1], upsample(images[2:3, :, :2, :2], 4))
     with pytest.raises(KeyError, match=r"class 1 is not held here \(held: \(0, 2\)\)"):
         syn.class_decoded(1)
-    x, y = syn.decoded()
+    x, y = decode_classes(syn.images.detach(), syn.classes, syn.ipc, syn.factor)
     assert y.tolist() == [0] * 8 + [2] * 8
     torch.testing.assert_close(x[8:], syn.class_decoded(2).detach())
     empty = SyntheticSet(torch.rand(0, 1, 4, 4), num_classes=3, ipc=2, factor=2, classes=())
-    assert empty.decoded()[0].shape == (0, 1, 4, 4)
+    assert decode_classes(empty.images.detach(), empty.classes, empty.ipc, empty.factor)[0].shape == (
+        0,
+        1,
+        4,
+        4,
+    )
     assert empty.labels.numel() == 0
 
 

@@ -103,7 +103,7 @@ class DistillModule(pl.LightningModule):
         self.match_aug = DiffAugment(cfg.match_dsa)
         self.net_aug = DiffAugment(cfg.net_dsa)
         self._standalone_opt: torch.optim.Optimizer | None = None
-        self.shard = Shard(0, 1, tuple(range(real.num_classes)))  # set for real in prepare()
+        self.shard = Shard(0, 1, tuple(range(real.num_classes)))  # set for real in setup() / prepare()
         self.static = self.capture = False  # the capturable step / CUDA graphs: decided in prepare()
         self.shard_net = False  # split the network updates over the processes: decided in prepare()
         self._graphs: dict[str, tuple[tuple[int, ...], GraphedStep]] = {}
@@ -154,17 +154,21 @@ class DistillModule(pl.LightningModule):
         images = torch.zeros(rows, *self._image_shape, device=self.device, dtype=self.dtype)
         self.synthetic = SyntheticSet(images, self.real.num_classes, self.cfg.ipc, self.cfg.factor, classes)
         if self.shard.sharded:
-            whole = (
-                images.element_size() * self.real.num_classes * self.cfg.ipc * math.prod(self._image_shape)
+            per_class = images.element_size() * self.cfg.ipc * math.prod(self._image_shape)
+            self._log_share(
+                "synthetic", len(classes), images.nbytes, per_class * self.real.num_classes, digits=2
             )
-            log.info(
-                "rank %d holds the synthetic images of %d of %d classes: %.2f of %.2f MB",
-                self.shard.rank,
-                len(classes),
-                self.real.num_classes,
-                images.nbytes / 2**20,
-                whole / 2**20,
-            )
+
+    def _log_share(self, kind: str, held: int, nbytes: int, whole: int, digits: int) -> None:
+        """Say what share of a class-indexed set this process holds (a sharded run)."""
+        log.info(
+            f"rank %d holds the {kind} images of %d of %d classes: %.{digits}f of %.{digits}f MB",
+            self.shard.rank,
+            held,
+            self.real.num_classes,
+            nbytes / 2**20,
+            whole / 2**20,
+        )
 
     def prepare(self) -> None:
         """Move the real set to the module's device and initialise the synthetic set (unless restored)."""
@@ -190,14 +194,7 @@ class DistillModule(pl.LightningModule):
         if self.shard.sharded and self.real.complete:  # each process keeps only its classes' real images
             whole = self.real.images.nbytes
             self.real = self.real.keep(self.shard.classes)
-            log.info(
-                "rank %d holds the real images of %d of %d classes: %.1f of %.1f MB",
-                self.shard.rank,
-                len(self.real.held),
-                self.real.num_classes,
-                self.real.images.nbytes / 2**20,
-                whole / 2**20,
-            )
+            self._log_share("real", len(self.real.held), self.real.images.nbytes, whole, digits=1)
         self.real = self.real.to(self.device)
         self.sampler.to(self.device)
         if not bool(self.initialized):
@@ -553,8 +550,7 @@ class DistillModule(pl.LightningModule):
         """
         owned = list(self.shard.classes)
         images = self.synthetic.images
-        if not owned:  # more processes than classes: nothing to match here, the others' gradients arrive
-            images.grad = torch.zeros_like(images)
+        if not owned:  # more processes than classes: nothing to match here (distill_step steps with zeros)
             return images.new_zeros(0)
         for c in owned:
             self._match_gens[c].manual_seed(derive(self.cfg.seed, "step", step, "device", c))
@@ -692,20 +688,14 @@ class DistillModule(pl.LightningModule):
         self.log("distill/peak_mem_mb", peak_memory_mb(self.device), on_step=True)
 
     # ------------------------------------------------------------- artifacts
-    def stored(self, dst: int | None = None) -> Tensor | None:
-        """Every class's stored images, class-major: gathered from the processes that hold them.
-
-        On every process (``dst=None``), or on rank ``dst`` alone (the others get ``None``).
-        """
-        local = self.synthetic.images.detach()
-        return self.shard.gather_classes(local, self.cfg.ipc, self.real.num_classes, dst)
-
     def export(self, dst: int | None = None) -> SyntheticData | None:
         """The whole synthetic set, decoded, in pixel space, with what is needed to evaluate it.
 
-        Classes sharded, every process calls this (a collective); ``dst`` as in :meth:`stored`.
+        Classes sharded, every process calls this (a collective): the set is gathered on every process
+        (``dst=None``) or on rank ``dst`` alone (the others get ``None``).
         """
-        stored = self.stored(dst)
+        local = self.synthetic.images.detach()
+        stored = self.shard.gather_classes(local, self.cfg.ipc, self.real.num_classes, dst)
         if stored is None:
             return None
         x, y = decode_classes(stored, range(self.real.num_classes), self.cfg.ipc, self.cfg.factor)

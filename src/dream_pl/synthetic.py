@@ -116,11 +116,6 @@ class SyntheticSet(nn.Module):
         row = self._row[c]
         return decode(self.images[row : row + self.ipc], self.factor)
 
-    def decoded(self) -> tuple[Tensor, Tensor]:
-        """The held classes' decoded images (detached, pixel space) and their labels, class-major."""
-        with torch.no_grad():
-            return decode_classes(self.images.detach(), self.classes, self.ipc, self.factor)
-
     @torch.no_grad()
     def clamp_(self) -> None:
         """Project back to the pixel range (IDC: once per outer iteration)."""
