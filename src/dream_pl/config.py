@@ -233,11 +233,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("match_dsa", "net_dsa"):
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
-    _require(
-        not (sharded_trainer(cfg) and d.image_step == "per_class"),
-        "distill.image_step=per_class steps the images after each class in turn, which classes sharded "
-        "over processes (trainer=ddp) cannot do; allowed with trainer=ddp: joint",
-    )
+    _require(not (sharded_trainer(cfg) and d.image_step == "per_class"), PER_CLASS_SHARDED)
     if d.class_chunk is not None:
         _require_int("distill.class_chunk", d.class_chunk, minimum=0, note=" (0 = all classes, or null)")
     _require(
@@ -264,6 +260,12 @@ def validate(cfg: DictConfig) -> None:
         _check_choice("matcher.metric", cfg.matcher.metric, METRICS)
     _validate_selection(cfg)
     validate_evaluation(cfg.evaluation)
+
+
+PER_CLASS_SHARDED = (  # refused before work (validate) and by a module meeting a process group (prepare)
+    "distill.image_step=per_class steps the images after each class in turn, which classes sharded over "
+    "processes (trainer=ddp) cannot do; allowed with trainer=ddp: joint"
+)
 
 
 def sharded_trainer(cfg: DictConfig) -> bool:

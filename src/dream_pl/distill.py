@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dream_pl.augment import DiffAugment, cutmix, cutmix_loss, cutmix_static
 from dream_pl.checkpoints import CONFIG_KEY
-from dream_pl.config import ConfigError
+from dream_pl.config import PER_CLASS_SHARDED, ConfigError
 from dream_pl.data import RealSet
 from dream_pl.data.realset import draw_indices
 from dream_pl.diagnostics import per_class_diagnostics, stack_diagnostics
@@ -180,10 +180,7 @@ class DistillModule(pl.LightningModule):
         self.shard = Shard.current(self.real.num_classes)
         self._hold_synthetic()
         if self.shard.sharded and self.cfg.image_step == "per_class":
-            raise ConfigError(
-                "distill.image_step=per_class steps the images after each class in turn, which classes "
-                "sharded over processes cannot do; allowed with trainer=ddp: joint"
-            )
+            raise ConfigError(PER_CLASS_SHARDED)
         self._graphs = {}  # tensors may have moved since any capture
         self._net_optimizer_to_device()
         self._choose_formulation()
