@@ -249,12 +249,16 @@ class StackedClassifier(pl.LightningModule):
             ]
             loss = self._summed_loss(torch.stack([m[0] for m in mixed]), [m[1:] for m in mixed])
         else:
-            loss = F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / idx.shape[1]
+            loss = self._summed_ce(x, y)
         grads = torch.autograd.grad(loss, self._params)
         sgd_step_(
             self._params, grads, self._momentum, lr=self.lr, momentum=p.momentum, weight_decay=p.weight_decay
         )
         return loss.detach()
+
+    def _summed_ce(self, x: Tensor, y: Tensor) -> Tensor:
+        """Sum over repeats of network r's mean cross-entropy on x[r], y[r] ([R, b, ...], [R, b])."""
+        return F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / y.shape[1]
 
     def _summed_loss(self, x: Tensor, targets: list[tuple[Tensor, Tensor, float | Tensor]]) -> Tensor:
         """Sum over repeats of the CutMix loss of network r on x[r] with targets[r] = (y_a, y_b, lam)."""
@@ -266,13 +270,11 @@ class StackedClassifier(pl.LightningModule):
 
         Draws that pick a code path come from a CPU generator: no device sync, but nothing to capture.
         """
-        b, step = idx.shape[1], self.global_step
+        step = self.global_step
         x = (self.images[idx] - self.mean) / self.std  # [R, b, C, H, W]
         y = self.labels[idx]
         gens = [generator(self.seed, "eval_step", step, "device", r, device=self.device) for r in self.ids]
-        hosts = [
-            generator(self.seed, "eval_step", step, "host", r) for r in self.ids
-        ]  # picks: no device sync
+        hosts = [generator(self.seed, "eval_step", step, "host", r) for r in self.ids]  # picks, no sync
         x = torch.stack(
             [
                 self.aug(xr, shared=False, generator=g, choice_generator=h)
@@ -281,7 +283,7 @@ class StackedClassifier(pl.LightningModule):
         )
         cutmix_p = self.protocol.cutmix_p
         if cutmix_p <= 0:
-            return F.cross_entropy(self.logits(x).flatten(0, 1), y.flatten(), reduction="sum") / b
+            return self._summed_ce(x, y)
         mixed, targets = [], []
         for xr, yr, g_cpu in zip(x, y, hosts, strict=True):
             if float(torch.rand((), generator=g_cpu)) < cutmix_p:
