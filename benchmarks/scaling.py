@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_dir
+from step import stand_in
 
 from dream_pl.augment import cutmix
 from dream_pl.config import CONF_DIR
-from dream_pl.data import RealSet, get_spec
+from dream_pl.data import get_spec
 from dream_pl.distill import DistillModule
 from dream_pl.seeding import generator
 from dream_pl.workflow import build_module
@@ -64,12 +65,7 @@ def build(args: argparse.Namespace) -> DistillModule:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     spec = get_spec(cfg.dataset.name)
-    g = torch.Generator().manual_seed(0)
-    n = args.classes * args.per_class
-    images = torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), generator=g, dtype=torch.uint8)
-    labels = torch.arange(args.classes).repeat_interleave(args.per_class)
-    real = RealSet(images, labels, spec.mean, spec.std, "cpu", args.classes)
-    module = build_module(cfg, real, spec)
+    module = build_module(cfg, stand_in(spec, args.classes, args.per_class), spec)
     module.prepare()
     return module
 

@@ -22,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dream_pl.config import CONF_DIR
-from dream_pl.data import RealSet, get_spec, load_dataset
+from dream_pl.data import DatasetSpec, RealSet, get_spec, load_dataset
 from dream_pl.distill import DistillModule
 from dream_pl.workflow import build_module
 
@@ -35,11 +35,16 @@ def real_set(args: argparse.Namespace) -> RealSet:
         data = load_dataset(args.dataset, args.data_dir)
         return RealSet.from_data(data, device=args.device)
     spec = get_spec(args.dataset)
+    return stand_in(spec, spec.num_classes, SHAPES[args.dataset], args.device)
+
+
+def stand_in(spec: DatasetSpec, classes: int, per_class: int, device: str = "cpu") -> RealSet:
+    """A seeded random uint8 set of ``spec``'s image shape: ``classes`` classes of ``per_class`` images."""
     g = torch.Generator().manual_seed(0)
-    n = SHAPES[args.dataset] * spec.num_classes
-    images = torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), generator=g, dtype=torch.uint8)
-    labels = torch.arange(spec.num_classes).repeat_interleave(SHAPES[args.dataset])
-    return RealSet(images, labels, spec.mean, spec.std, args.device, spec.num_classes)
+    shape = (classes * per_class, spec.channels, spec.size, spec.size)
+    images = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return RealSet(images, labels, spec.mean, spec.std, device, classes)
 
 
 def module_for(sampler: str, mode: str, args: argparse.Namespace, real: RealSet) -> DistillModule:
