@@ -14,8 +14,9 @@ from dream_pl.diagnostics import (
     median_bandwidth,
     mmd2_linear,
     mmd2_rbf,
+    per_class_diagnostics,
     per_sample_grad_norms,
-    selection_diagnostics,
+    stack_diagnostics,
 )
 from dream_pl.models import create_model
 from dream_pl.samplers import RepresentativeSampler
@@ -93,7 +94,8 @@ def test_default_selection_is_as_representative_as_a_random_batch(fashion, kmean
     sampler = RepresentativeSampler(128, backend="torch", kmeans_init=kmeans_init, embed_subset=1000)
     sampler.refresh(net, fashion, seed=0)
     streams = lambda c: generator(0, "test", c)  # noqa: E731
-    stats = selection_diagnostics(net, fashion, sampler, streams, max_classes=10, reference=1000)
+    per_class = per_class_diagnostics(net, fashion, sampler, streams, max_classes=10, reference=1000)
+    stats = stack_diagnostics(per_class)
     ratio = float(stats["graddist_ratio"].mean())  # as logged: the mean over classes of selected / random
     low, high = bound
     assert low is None or ratio > low, ratio

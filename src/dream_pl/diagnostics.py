@@ -94,7 +94,13 @@ def gradient_distance(a: Tensor, b: Tensor) -> Tensor:
 def class_diagnostics(
     net: nn.Module, real: RealSet, sampler: Sampler, g: torch.Generator, c: int, *, reference: int
 ) -> dict[str, Tensor]:
-    """Class ``c``'s sampler batch vs a random batch of the same size (see :func:`selection_diagnostics`)."""
+    """Class ``c``'s sampler batch vs a random batch of the same size.
+
+    ``reference`` random images of the class stand for the whole class. ``mmd_*``: RBF MMD^2 of each batch
+    to the reference in the network's feature space (Fig. 2c). ``graddist_*``: L1 distance of each batch's
+    conv-weight gradient to the reference's (what a representative batch should be close to; Fig. 3).
+    ``gn_*``: per-sample gradient norms of every image of the batches (Fig. 1a).
+    """
     device = real.images.device
     selected = sampler.indices(real, c, g).to(device)
     random = real.sample_class(c, len(selected), g).to(device)
@@ -117,7 +123,10 @@ def class_diagnostics(
 
 
 def stack_diagnostics(per_class: dict[int, dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Classes' diagnostics in class order: [classes] per statistic, gradient norms concatenated."""
+    """Classes' diagnostics in class order: [classes] per statistic, gradient norms concatenated.
+
+    Adds ``graddist_ratio``, selected / random (< 1: the selection is more representative than chance).
+    """
     if not per_class:
         return {}
     rows = [per_class[c] for c in sorted(per_class)]
@@ -149,29 +158,3 @@ def per_class_diagnostics(
     per_class = {c: class_diagnostics(net, real, sampler, streams(c), c, reference=reference) for c in wanted}
     net.train(was_training)
     return per_class
-
-
-def selection_diagnostics(
-    net: nn.Module,
-    real: RealSet,
-    sampler: Sampler,
-    streams: Callable[[int], torch.Generator],
-    *,
-    max_classes: int,
-    reference: int,
-    classes: Sequence[int] | None = None,
-) -> dict[str, Tensor]:
-    """The sampler's batch vs a random batch of the same size, for the first ``max_classes`` classes.
-
-    :func:`per_class_diagnostics`, stacked. Per class, ``reference`` random images of the class stand for
-    the whole class. ``mmd_*``: [classes] RBF MMD^2 of each batch to the reference in the network's feature
-    space (Fig. 2c). ``graddist_*``: [classes] L1 distance of each batch's conv-weight gradient to the
-    reference's (what a representative batch should be close to; Fig. 3), and ``graddist_ratio`` selected
-    / random (< 1: the selection is more representative than chance). ``gn_*``: per-sample gradient norms
-    of every image of the batches (Fig. 1a).
-    """
-    return stack_diagnostics(
-        per_class_diagnostics(
-            net, real, sampler, streams, max_classes=max_classes, reference=reference, classes=classes
-        )
-    )
