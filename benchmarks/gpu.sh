@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU figure of the speed work in one go, on one H100/H200, under about 9 minutes:
 #   tests:      the GPU-only tests (captured == eager steps, in float64; evaluator with/without capture);
-#   step:       FashionMNIST inner step, random vs DREAM, distill.compile off (host step) vs on (CUDA graphs),
+#   step:       FashionMNIST inner step, random vs DREAM, eager vs replayed from CUDA graphs,
 #               clustering event and its embedding pass; step_tf32: the same with TF32 matmuls;
-#   cifar:      the CIFAR-10 and CIFAR-100 shapes on random tensors (off vs on; CIFAR-100 on only);
+#   cifar:      the CIFAR-10 and CIFAR-100 shapes on random tensors (eager vs graphs; CIFAR-100 graphs only);
 #   evaluator:  5 repeats stacked on 400 images, evaluation.compile off vs on, scaled to 1,000 epochs;
 #   train:      the end-to-end rate of experiment=fashion_mnist_ipc10 (two lengths: their difference is the
 #               steady per-step rate, clustering events included, start-up excluded);
@@ -46,17 +46,17 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$out/sum
 
 if has tests; then
   TAIL=6 stage 150 tests python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
-    tests/test_distill_graphs.py tests/test_augment.py tests/test_evaluation.py tests/test_evaluator_graphs.py \
+    tests/test_engine.py tests/test_augment.py tests/test_evaluation.py tests/test_evaluator_graphs.py \
     tests/test_clustering.py
 fi
 step=(python3 benchmarks/step.py --device "$device" --steps "$steps" --warmup 3 --data-dir "$DREAM_DATA_DIR")
 if has step; then
-  stage 150 step "${step[@]}" --compile off,on
-  stage 90 step_tf32 "${step[@]}" --compile on --matmul-precision high
+  stage 150 step "${step[@]}" --graphs false,true
+  stage 90 step_tf32 "${step[@]}" --graphs true --matmul-precision high
 fi
 if has cifar; then
-  stage 120 step_cifar10 "${step[@]}" --dataset cifar10 --compile off,on
-  stage 120 step_cifar100 "${step[@]}" --dataset cifar100 --compile on --steps 5
+  stage 120 step_cifar10 "${step[@]}" --dataset cifar10 --graphs false,true
+  stage 120 step_cifar100 "${step[@]}" --dataset cifar100 --graphs true --steps 5
 fi
 if has evaluator; then
   stage 120 evaluator python3 benchmarks/evaluator.py --device "$device" --dataset fashion_mnist --epochs 100 \

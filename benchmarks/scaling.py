@@ -7,7 +7,7 @@ docs/scaling.md's model of one inner step on k processes (K classes, a clusterin
 m: matching time of one class; e: one class's share of a clustering event; n: the network's updates of one
 step; n_f: the part of them every process still does whole (batch assembly, augmentation, CutMix); a(k): the
 collectives (0 for k = 1). This script measures m, e, n and n_f in one process, then runs the same DREAM
-distillation (the module's own ``distill_step`` and ``refresh_selection``) on 1 and on k gloo processes with
+distillation (the engine's own ``step`` and ``refresh_selection``) on 1 and on k gloo processes with
 the same thread count each, times a(k) with the step's own collectives at its sizes, and prints the
 measured seconds per step beside the model's, then the model's predictions for 1 / 8 / 64 processes at
 CIFAR-100, TinyImageNet and ImageNet-1K class counts (compute terms; a(k) is only measured where it runs).
@@ -31,12 +31,13 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from step import stand_in
 
-from dream_pl.augment import cutmix
+from dream_pl.augment import cutmix_static
 from dream_pl.config import CONF_DIR
 from dream_pl.data import get_spec
-from dream_pl.distill import DistillModule
+from dream_pl.engine import Engine
 from dream_pl.seeding import generator
-from dream_pl.workflow import build_module
+from dream_pl.sharding import Shard
+from dream_pl.workflow import engine_parts
 
 CONVNET4 = ["model=convnet4", "distill.batch_real=64", "sampler.n_clusters=64"]  # DREAM's 64 px recipe
 PRESETS = {  # dataset -> (hydra overrides of DREAM's recipe there, images per class of the real dataset)
@@ -51,23 +52,24 @@ TARGETS = {
 }
 
 
-def build(args: argparse.Namespace) -> DistillModule:
-    """DREAM's module for the preset on a random stand-in of ``--classes`` classes, prepared (sharded if a
-    process group exists)."""
+def build(args: argparse.Namespace) -> Engine:
+    """DREAM's engine for the preset on a random stand-in of ``--classes`` classes, prepared and initialised
+    (sharded if a process group exists)."""
     overrides, _ = PRESETS[args.dataset]
     overrides = [
         *overrides,
         "sampler=dream",
         "init=random",
-        "distill.compile=off",
         f"sampler.interval={args.interval}",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     spec = get_spec(cfg.dataset.name)
-    module = build_module(cfg, stand_in(spec, args.classes, args.per_class), spec)
-    module.prepare()
-    return module
+    parts = engine_parts(cfg, stand_in(spec, args.classes, args.per_class), spec)
+    engine = Engine(**parts, collectives=Shard.current(args.classes))
+    engine.prepare()
+    engine.initialize()
+    return engine
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -76,29 +78,28 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def network_fixed_s(module: DistillModule) -> float:
+def network_fixed_s(engine: Engine) -> float:
     """n_f: what every process does whole in one step's network updates (batch, augmentation, CutMix)."""
-    cfg = module.cfg
-    g_cpu, g_dev = generator(cfg.seed, "nf", "host"), generator(cfg.seed, "nf", "device")
+    cfg = engine.cfg
+    g = generator(cfg.seed, "nf", device=engine.device)
 
     def updates() -> None:
         for _ in range(math.ceil(cfg.n_data / cfg.batch_real)):
-            x, y = module._real_batch(g_dev)
-            x = module.net_aug(x, shared=False, generator=g_dev, choice_generator=g_cpu)
-            if float(torch.rand((), generator=g_cpu)) < cfg.net_cutmix_p:
-                cutmix(x, y, generator=g_cpu)
+            x, y = engine.real.sample(cfg.batch_real, g)
+            x = engine.net_aug(x, shared=False, generator=g, static=True)
+            cutmix_static(x, y, cfg.net_cutmix_p, generator=g)
 
     updates()
     return timed(updates)
 
 
-def collectives_s(module: DistillModule, repeats: int = 5) -> float:
+def collectives_s(engine: Engine, repeats: int = 5) -> float:
     """a(k): one step's collectives at their sizes (losses; per network update the batch, the gradients
     and the weights' broadcast), timed on this process group."""
-    cfg, shard = module.cfg, module.shard
-    params = [p.detach().clone() for p in module.net.parameters()]
-    losses = torch.zeros(module.real.num_classes)
-    batch = torch.zeros(cfg.batch_real, *module.real.images.shape[1:])
+    cfg, shard = engine.cfg, engine.shard
+    params = [p.detach().clone() for p in engine.net.parameters()]
+    losses = torch.zeros(engine.real.num_classes)
+    batch = torch.zeros(cfg.batch_real, *engine.real.images.shape[1:])
 
     def one_step() -> None:
         shard.sum_(losses)
@@ -120,11 +121,11 @@ def resident_mb() -> float:
     return float("nan")
 
 
-def held_mb(module: DistillModule) -> float:
+def held_mb(engine: Engine) -> float:
     """The class-dependent tensors this process holds: its real images, stored images and their momentum."""
-    images = module.synthetic.images
-    momentum = module._image_optimizer().state.get(images, {}).get("momentum_buffer")
-    held = [module.real.images, images, *([momentum] if isinstance(momentum, torch.Tensor) else [])]
+    images = engine.synthetic.images
+    momentum = engine.image_opt.state.get(images, {}).get("momentum_buffer")
+    held = [engine.real.images, images, *([momentum] if isinstance(momentum, torch.Tensor) else [])]
     return sum(t.nbytes for t in held) / 2**20
 
 
@@ -133,28 +134,28 @@ def run(rank: int, world: int, args: argparse.Namespace, out: Path) -> None:
     torch.set_num_threads(args.threads)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{out}/group{world}", rank=rank, world_size=world)
-    module = build(args)
-    module.refresh_selection(0)  # warms the embedding pass and K-means up
-    event = timed(lambda: module.refresh_selection(args.interval))
-    module.distill_step(1)  # warm-up
+    engine = build(args)
+    engine.refresh_selection(0)  # warms the embedding pass and K-means up
+    event = timed(lambda: engine.refresh_selection(args.interval))
+    engine.step(1)  # warm-up
     rows = []
-    for step in range(2, 2 + args.steps):
+    for step in range(2, 2 + args.steps):  # (an event only at inner 0 and multiples of I: none here)
         start = time.perf_counter()
-        logged = module.distill_step(step)
+        logged = engine.step(step)
         rows.append((time.perf_counter() - start, logged["time/match_s"], logged["time/net_s"]))
     result = {
         "event": event,
         "step": sum(r[0] for r in rows) / len(rows),
         "match": sum(r[1] for r in rows) / len(rows),
         "net": sum(r[2] for r in rows) / len(rows),
-        "own": len(module.shard.classes),
-        "held_mb": held_mb(module),
+        "own": len(engine.shard.classes),
+        "held_mb": held_mb(engine),
         "rss_mb": resident_mb(),
     }
     if world == 1:
-        result["n_f"] = network_fixed_s(module)
+        result["n_f"] = network_fixed_s(engine)
     else:
-        result["a"] = collectives_s(module)
+        result["a"] = collectives_s(engine)
         dist.destroy_process_group()
     torch.save(result, out / f"k{world}_rank{rank}.pt")
 

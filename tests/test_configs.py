@@ -29,11 +29,12 @@ from dream_pl.config import (
     validate_evaluation,
 )
 from dream_pl.data import DATASETS, RealSet
+from dream_pl.engine import Engine
 from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
 from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.runner import make_loggers
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
-from dream_pl.workflow import build_module, build_sampler, build_trainer
+from dream_pl.workflow import build_sampler, build_trainer, engine_parts
 
 Composer = Callable[[Sequence[str]], DictConfig]
 
@@ -180,7 +181,7 @@ def test_batch_samplers_build_with_batch_real_images_per_match(compose_train, op
         with_values(compose_train([f"sampler={option}"]), "distill.batch_real=48").sampler
     )
     assert type(sampler) is cls
-    assert sampler.batch_size() == 48
+    assert sampler.batch_size == 48
     assert sampler.selects is (option != "random")
 
 
@@ -190,14 +191,14 @@ def test_n_is_its_own_value_not_the_real_batch(compose_train, option):
         with_values(compose_train([f"sampler={option}"]), "distill.batch_real=48").sampler
     )
     assert type(sampler) is RepresentativeSampler
-    assert (sampler.n_clusters, sampler.batch_size()) == (128, 128)  # the paper's N, whatever batch_real is
+    assert (sampler.n_clusters, sampler.n_per_cluster) == (128, 1)  # the paper's N, whatever batch_real is
     assert not hasattr(sampler, "interval")  # the schedule belongs to the clustering callback
 
 
 def test_representative_is_an_alias_of_dream(compose_train):
     assert compose_train(["sampler=dream"]).sampler == compose_train(["sampler=representative"]).sampler
     sampler = build_sampler(with_values(compose_train(["sampler=dream"]), "sampler.n_per_cluster=2").sampler)
-    assert (sampler.n_clusters, sampler.n_per_cluster, sampler.batch_size()) == (128, 2, 256)
+    assert (sampler.n_clusters, sampler.n_per_cluster) == (128, 2)
 
 
 @pytest.mark.parametrize(
@@ -280,11 +281,11 @@ def test_every_trainer_builds(compose_train, tmp_path, option):
 )
 def test_dataset_recipe_flows_into_the_loop(compose_train, dataset, metric, lr_img, n_data, size_base, lr):
     cfg = with_values(compose_train([f"dataset={dataset}"]), "model.width=8")
-    module = build_module(cfg, tiny_real(cfg.dataset.name), DATASETS[cfg.dataset.name])
-    assert module.matcher.metric == metric
-    assert (module.cfg.lr_img, module.cfg.n_data, module.cfg.lr_size_base) == (lr_img, n_data, size_base)
-    assert module.cfg.ipc == 10
-    assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9)
+    engine = Engine(**engine_parts(cfg, tiny_real(cfg.dataset.name), DATASETS[cfg.dataset.name]))
+    assert engine.matcher.metric == metric
+    assert (engine.cfg.lr_img, engine.cfg.n_data, engine.cfg.lr_size_base) == (lr_img, n_data, size_base)
+    assert engine.cfg.ipc == 10
+    assert engine.image_opt.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9)
 
 
 def test_recipe_sets_the_augmentation_per_dataset(compose_train):
@@ -310,7 +311,8 @@ def test_recipe_sets_the_augmentation_per_dataset(compose_train):
         ("sampler.kmeans_init=k-means++", ["'k-means++'", "random", "kmeans++"]),
         ("init.features=raw", ["init.features", "'raw'", "normalized", "pixels"]),
         ("distill.image_step=each", ["'each'", "joint", "per_class"]),
-        ("distill.image_step=per_class trainer.precision=16-mixed", ["per_class", "16-mixed", "32-true"]),
+        ("trainer.precision=16-mixed", ["16-mixed", "32-true", "bf16-mixed"]),
+        ("distill.cuda_graphs=maybe", ["distill.cuda_graphs='maybe'", "true or false"]),
         ("sampler.embed_subset=100", ["sampler.embed_subset=100", ">= 128"]),
         ("sampler.embed_chunk=0", ["sampler.embed_chunk=0", ">= 1"]),
         ("evaluation.stacked=maybe", ["evaluation.stacked='maybe'", "true, false or null"]),
@@ -387,22 +389,22 @@ def test_interval_belongs_to_selecting_samplers_only(compose_train):
         validate(with_values(compose_train(["sampler=dream"]), "sampler.interval=0"))
 
 
-def test_every_selecting_sampler_gets_the_clustering_callback(compose_train, tmp_path):
-    from dream_pl.callbacks import ClusteringCallback
-    from dream_pl.workflow import distill_callbacks
+def test_every_selecting_sampler_gets_its_clustering_interval(compose_train):
+    from dream_pl.data import RealSet, load_dataset
+    from dream_pl.engine import Engine
+    from dream_pl.workflow import engine_parts
 
+    data = load_dataset("mnist_5k")
+    real = RealSet.from_data(data, "train")
     for option, interval in (("dream", 10), ("herding", 7), ("kcenter", 3), ("random", None)):
-        cfg = compose_train([f"sampler={option}"])
+        cfg = compose_train([f"sampler={option}", "model.width=8", "ipc=1"])
         if interval:
             cfg.sampler.interval = interval
-        found = [
-            cb.interval for cb in distill_callbacks(cfg, tmp_path, None) if isinstance(cb, ClusteringCallback)
-        ]
-        assert found == ([interval] if interval else []), option
+        assert Engine(**engine_parts(cfg, real, data.spec)).interval == interval, option
 
 
 def test_the_distill_block_is_the_loop_config(compose_train):
-    from dream_pl.distill import DistillConfig
+    from dream_pl.schemas import DistillConfig
 
     cfg = compose_train(["dataset=fashion_mnist", "ipc=3", "seed=4"])
     loop = from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed)
@@ -413,8 +415,8 @@ def test_the_distill_block_is_the_loop_config(compose_train):
         from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed)
 
 
-def test_per_class_image_steps_run_at_any_precision_without_a_loss_scaler(compose_train):
-    for precision in ("32-true", "bf16-mixed", "16-true"):
+def test_the_loop_runs_at_any_precision_without_a_loss_scaler(compose_train):
+    for precision in ("32-true", "bf16-mixed", "16-true", "64-true"):
         validate(
             with_values(compose_train([]), "distill.image_step=per_class", f"trainer.precision={precision}")
         )
@@ -511,15 +513,6 @@ def test_known_options_and_plain_keys_pass():
             "model=choice(convnet,resnet10)",
         ]
     )
-
-
-def test_class_chunk_is_a_non_negative_integer_and_only_with_joint_image_steps(compose_train):
-    validate(compose_train(["distill.class_chunk=0"]))
-    validate(compose_train(["distill.class_chunk=1", "distill.image_step=per_class"]))
-    with pytest.raises(ConfigError, match=r"distill\.class_chunk=-1 must be an integer >= 0"):
-        validate(compose_train(["distill.class_chunk=-1"]))
-    with pytest.raises(ConfigError, match=r"class_chunk=0 cannot batch classes with distill\.image_step"):
-        validate(compose_train(["distill.class_chunk=0", "distill.image_step=per_class"]))
 
 
 def test_matmul_precision_names_the_allowed_values(compose_train, compose_eval):

@@ -10,14 +10,13 @@ from torch import nn
 from dream_pl.data import RealSet, load_dataset
 from dream_pl.diagnostics import (
     conv_gradient,
-    gradient_distance,
     median_bandwidth,
-    mmd2_linear,
     mmd2_rbf,
     per_class_diagnostics,
     per_sample_grad_norms,
     stack_diagnostics,
 )
+from dream_pl.matchers import gradient_distance
 from dream_pl.models import create_model
 from dream_pl.samplers import RepresentativeSampler
 from dream_pl.seeding import generator
@@ -28,12 +27,6 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(scope="module")
 def fashion() -> RealSet:
     return RealSet.from_data(load_dataset("fashion_mnist"))
-
-
-def test_linear_mmd_is_squared_mean_difference():
-    x = torch.tensor([[0.0, 1.0], [2.0, 3.0]])  # mean (1, 2)
-    y = torch.tensor([[4.0, 6.0]])  # mean (4, 6): (3^2 + 4^2) = 25
-    assert float(mmd2_linear(x, y)) == pytest.approx(25.0)
 
 
 def test_rbf_mmd_by_hand():
@@ -75,7 +68,7 @@ def test_conv_gradient_and_its_l1_distance_by_hand():
     got = conv_gradient(net, x, y, chunk=1)  # only the 4-D conv weight, chunks weighted by their size
     assert got.shape == (1,)
     assert float(got) == pytest.approx(expected, rel=1e-5)
-    assert float(gradient_distance(got, torch.zeros(1))) == pytest.approx(abs(expected), rel=1e-5)
+    assert float(gradient_distance(torch.zeros(1), got, "l1")) == pytest.approx(abs(expected), rel=1e-5)
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist is not installed")

@@ -13,8 +13,8 @@ from dream_pl.config import CONF_DIR
 from dream_pl.data import load_dataset
 from dream_pl.evaluate import expand_model_list
 from dream_pl.evaluation.sets import DISTILLED, SetMismatchError, baseline_label, baseline_set, load_set
-from dream_pl.evaluation.stacked import StackedClassifier, supports_stacking
-from dream_pl.models import create_model
+from dream_pl.evaluation.stacked import StackedClassifier
+from dream_pl.models import create_model, has_batch_norm
 from dream_pl.quiet import quiet_lightning
 from dream_pl.seeding import derive
 from dream_pl.synthetic import SyntheticData, save_synthetic
@@ -99,8 +99,8 @@ def test_stacked_module_matches_individual_networks_at_init(mnist, mnist_protoco
 
 
 def test_batchnorm_nets_fall_back_to_sequential():
-    assert not supports_stacking(create_model("resnet10", channels=1, num_classes=10, size=28))
-    assert supports_stacking(create_model("convnet", channels=1, num_classes=10, size=28))
+    assert has_batch_norm(create_model("resnet10", channels=1, num_classes=10, size=28))
+    assert not has_batch_norm(create_model("convnet", channels=1, num_classes=10, size=28))
 
 
 def test_bad_paths_and_mismatched_sets_are_clear(mnist, tmp_path):

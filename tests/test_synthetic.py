@@ -13,7 +13,6 @@ from dream_pl.synthetic import (
     atomic_torch_save,
     decode,
     decode_classes,
-    decode_labels,
     load_synthetic,
     save_grid,
     save_synthetic,
@@ -93,14 +92,12 @@ def test_decode_padded_pixel_by_hand():
     assert out[3, 0, 2, 2].item() == pytest.approx(0.0)
 
 
-def test_decode_labels_follow_decode_order():
-    labels = torch.tensor([0, 1, 2])
-    assert decode_labels(labels, 2).tolist() == [0, 1, 2] * 4
-    assert decode_labels(labels, 1).tolist() == [0, 1, 2]
-    # image k is the constant k: every decoded image must be the constant of its label
+def test_decoded_labels_follow_decode_order():
+    # class k's one stored image is the constant k: every decoded image must be the constant of its label
     x = torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1, 1).expand(3, 1, 6, 6)
-    out = decode(x, 2)
-    for img, label in zip(out, decode_labels(labels, 2), strict=True):
+    out, labels = decode_classes(x, [0, 1, 2], ipc=1, factor=2)
+    assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    for img, label in zip(out, labels, strict=True):
         torch.testing.assert_close(img, torch.full_like(img, float(label)))
 
 

@@ -9,16 +9,19 @@ in the run folder changes when they refuse.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.errors import UserError
 
-log = logging.getLogger("dream_pl.checkpoints")
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from dream_pl.sharding import Shard
+
 
 # Resuming with another value of these would change tensor shapes, the schedule or the random streams.
 IDENTITY = (
@@ -33,6 +36,8 @@ IDENTITY = (
 )
 NOT_IDENTITY = ("sampler.embed_chunk", "init.embed_chunk")  # memory knobs inside those blocks
 CONFIG_KEY = "dream_pl_config"  # the run's resolved config inside a checkpoint
+ENGINE_KEY = "engine"  # the engine's state (network momentum, selection) inside a checkpoint
+IMAGE_KEYS = ("synthetic.images", "synthetic.labels")  # the module's tensors with one row per stored image
 _ABSENT = "<absent>"
 
 
@@ -96,6 +101,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise ResumeError(f"{path} is not a Lightning checkpoint of a distillation run")
+    if ENGINE_KEY not in blob or CONFIG_KEY not in blob:
+        raise ResumeError(
+            f"{path} was written by an earlier dream-pl (before its engine, 2662f8e): resume it with that "
+            "version, or start afresh with a new out_dir"
+        )
     return blob
 
 
@@ -119,11 +129,7 @@ def check_resume(cfg: DictConfig, out: Path) -> Path | None:
     path = find_resume(cfg, out)
     if path is None:
         return None
-    saved = read_checkpoint(path).get(CONFIG_KEY)
-    if saved is None:
-        log.warning("%s holds no run config (written by an older dream-pl); resuming unchecked", path)
-        return path
-    diff = identity_mismatch(saved, cfg)
+    diff = identity_mismatch(read_checkpoint(path)[CONFIG_KEY], cfg)
     if diff:
         said = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in diff)
         raise ResumeError(
@@ -131,3 +137,56 @@ def check_resume(cfg: DictConfig, out: Path) -> Path | None:
             "folder> to start a new run, or the checkpoint's values to continue it"
         )
     return path
+
+
+def per_image_states(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    """A checkpoint's tensors with a row per stored image: images, labels, the image momentum (once stepped).
+
+    The momentum is the image optimiser's (Lightning's first and only) buffer of its one parameter.
+    """
+    from torch import Tensor
+
+    states = {key: checkpoint["state_dict"][key] for key in IMAGE_KEYS}
+    image_opt = (checkpoint.get("optimizer_states") or [{}])[0].get("state", {}).get(0, {})
+    if isinstance(image_opt.get("momentum_buffer"), Tensor):
+        states["momentum_buffer"] = image_opt["momentum_buffer"]
+    return states
+
+
+def put_per_image_states(checkpoint: dict[str, Any], states: dict[str, Tensor]) -> None:
+    """Write :func:`per_image_states`' tensors back into ``checkpoint``.
+
+    The optimiser's entries are replaced by copies: ``Optimizer.state_dict()`` shares the live
+    per-parameter state dicts, so writing into them would change the running optimiser.
+    """
+    for key in IMAGE_KEYS:
+        checkpoint["state_dict"][key] = states[key]
+    if "momentum_buffer" in states:
+        image_opt = checkpoint["optimizer_states"][0]
+        param_states = {
+            **image_opt["state"],
+            0: {**image_opt["state"][0], "momentum_buffer": states["momentum_buffer"]},
+        }
+        checkpoint["optimizer_states"][0] = {**image_opt, "state": param_states}
+
+
+def gather_image_rows(checkpoint: dict[str, Any], shard: Shard, ipc: int, num_classes: int) -> None:
+    """Classes sharded: replace the held rows of the images, labels and momentum by every class's (rank 0).
+
+    A collective (every process calls it); only rank 0, which writes the file, gets the whole set, so a
+    checkpoint holds every class whatever the number of processes.
+    """
+    if not shard.sharded:
+        return
+    whole = {
+        key: shard.gather_classes(local, ipc, num_classes, dst=0)
+        for key, local in per_image_states(checkpoint).items()
+    }
+    if shard.rank == 0:
+        put_per_image_states(checkpoint, whole)
+
+
+def keep_image_rows(checkpoint: dict[str, Any], shard: Shard, ipc: int) -> None:
+    """Cut every class's rows of the images, labels and momentum down to the classes ``shard`` holds."""
+    states = per_image_states(checkpoint)
+    put_per_image_states(checkpoint, {k: shard.own_rows(v, ipc) for k, v in states.items()})

@@ -16,18 +16,10 @@ from torch.func import functional_call, grad, vmap
 
 from dream_pl.data import RealSet
 from dream_pl.features import embed_class
+from dream_pl.matchers import gradient_distance
 
 if TYPE_CHECKING:
     from dream_pl.samplers import Sampler
-
-
-def mmd2_linear(x: Tensor, y: Tensor) -> Tensor:
-    """Linear-kernel MMD^2 = ||mean(x) - mean(y)||^2 between feature sets x: [n, D] and y: [m, D].
-
-    >>> mmd2_linear(torch.tensor([[0.0], [2.0]]), torch.tensor([[4.0]]))
-    tensor(9.)
-    """
-    return (x.mean(0) - y.mean(0)).pow(2).sum()
 
 
 def mmd2_rbf(x: Tensor, y: Tensor, sigma: float) -> Tensor:
@@ -82,15 +74,6 @@ def conv_gradient(net: nn.Module, x: Tensor, y: Tensor, chunk: int = 256) -> Ten
     return torch.cat([g.flatten() for g in total]) / len(y)
 
 
-def gradient_distance(a: Tensor, b: Tensor) -> Tensor:
-    """L1 distance between two flattened gradients (IDC's ``l1`` matching distance).
-
-    >>> gradient_distance(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.0]))
-    tensor(3.5000)
-    """
-    return (a - b).abs().sum()
-
-
 def class_diagnostics(
     net: nn.Module, real: RealSet, sampler: Sampler, g: torch.Generator, c: int, *, reference: int
 ) -> dict[str, Tensor]:
@@ -115,8 +98,8 @@ def class_diagnostics(
     return {
         "mmd_selected": mmd2_rbf(f_sel, f_ref, sigma),
         "mmd_random": mmd2_rbf(f_rnd, f_ref, sigma),
-        "graddist_selected": gradient_distance(conv_gradient(net, x_sel, y), g_ref),
-        "graddist_random": gradient_distance(conv_gradient(net, x_rnd, y), g_ref),
+        "graddist_selected": gradient_distance(g_ref, conv_gradient(net, x_sel, y), "l1"),
+        "graddist_random": gradient_distance(g_ref, conv_gradient(net, x_rnd, y), "l1"),
         "gn_selected": per_sample_grad_norms(net, x_sel, y),
         "gn_random": per_sample_grad_norms(net, x_rnd, y),
     }

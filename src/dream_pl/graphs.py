@@ -12,10 +12,14 @@ itself contains a backward pass, which gradient matching needs (second order int
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
 
@@ -86,6 +90,44 @@ class GraphedStep:
         """Replay with the current contents of the inputs; returns the static outputs."""
         self.graph.replay()
         return self.outputs
+
+
+class GraphRunner:
+    """Replays each named pass of the engine from a CUDA graph (a :class:`dream_pl.engine.Runner`).
+
+    A pass is captured on first use and again whenever a tensor it reads or changes was replaced (a
+    checkpoint load, a move to another device). If a capture fails (an op this torch cannot capture), the
+    runner says so once and runs every pass eagerly from then on: the same computation, unreplayed.
+    """
+
+    def __init__(self) -> None:
+        self.graphs: dict[str, tuple[tuple[int, ...], GraphedStep]] = {}
+        self.enabled = True
+
+    def __call__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        inputs: list[Tensor],
+        *,
+        state: list[Tensor],
+        reads: list[Tensor],
+        generators: list[torch.Generator],
+    ) -> Any:
+        """``fn(*inputs)``, replayed; ``state``/``reads``: the tensors it changes in place / only reads."""
+        if not self.enabled:
+            return fn(*inputs)
+        key = tuple(t.data_ptr() for t in (*inputs, *state, *reads))
+        cached = self.graphs.get(name)
+        if cached is None or cached[0] != key:
+            try:
+                cached = (key, GraphedStep(fn, inputs, state=state, generators=generators))
+            except RuntimeError as error:
+                log.warning("capturing the %s pass failed (%s); every pass runs eagerly", name, error)
+                self.enabled, self.graphs = False, {}
+                return fn(*inputs)
+            self.graphs[name] = cached
+        return cached[1]()
 
 
 def sgd_step_(

@@ -35,8 +35,7 @@ class DistillConfig:
     net_dsa: str
     net_cutmix_p: float
     image_step: str
-    class_chunk: int | None  # None: every class in one pass on a GPU, one at a time on a CPU
-    compile: str  # auto | on | off: CUDA-graph capture of the step (dream_pl.graphs.COMPILE_MODES)
+    cuda_graphs: bool  # replay the matching pass and the network update from CUDA graphs on a GPU
     shard_net_update: bool  # classes sharded: split each network update's batch over the processes
     save_every: int
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from pytorch_lightning.strategies import DDPStrategy
 from torch import Tensor
 
 
@@ -138,15 +137,3 @@ def owned_classes(num_classes: int, rank: int, world: int) -> tuple[int, ...]:
     (1, 5, 9)
     """
     return tuple(range(rank, num_classes, world))
-
-
-class ClassShardedDDP(DDPStrategy):
-    """Lightning's DDP processes and process group, without ``DistributedDataParallel``'s wrapper.
-
-    The distillation module syncs exactly what it shares (:class:`Shard`); DDP's automatic gradient
-    averaging would instead average the synthetic images' gradient (each class's comes from one process)
-    and expects one backward per step, where a distillation step has one per class and network update.
-    """
-
-    def configure_ddp(self) -> None:
-        """Keep the LightningModule unwrapped: no gradient hooks, no parameter broadcast by DDP."""

@@ -45,11 +45,6 @@ def decode(images: Tensor, factor: int) -> Tensor:
     return F.interpolate(crops, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def decode_labels(labels: Tensor, factor: int) -> Tensor:
-    """Labels of :func:`decode`'s output: the stored labels repeated f^2 times."""
-    return labels.repeat(factor * factor)
-
-
 def tile_sizes(size: int, factor: int) -> list[int]:
     """Side of each grid cell when tiling: size // f, the remainder spread as +1 on the first cells."""
     return [size // factor + (1 if i < size % factor else 0) for i in range(factor)]

@@ -19,25 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from dream_pl.callbacks import (
-    ClusteringCallback,
-    DiagnosticsCallback,
-    DistillProgressBar,
-    PeriodicEvaluation,
-    SyntheticExport,
-)
+from dream_pl.callbacks import DiagnosticsHistograms, DistillProgressBar, PeriodicEvaluation, SyntheticExport
 from dream_pl.checkpoints import check_resume
 from dream_pl.config import (
     ConfigError,
     from_block,
-    sampler_selects,
     sharded_trainer,
     validate,
     validate_against_data,
     validate_eval,
 )
 from dream_pl.data import DatasetSpec, RealData, RealSet, load_dataset
-from dream_pl.distill import DistillModule, NonFiniteLossError
+from dream_pl.distill import DistillModule
+from dream_pl.engine import NonFiniteLossError
 from dream_pl.evaluation.sets import (
     BASELINES,
     DISTILLED,
@@ -66,17 +60,24 @@ def build_sampler(node: DictConfig) -> Sampler:
     return instantiate(knobs)
 
 
+def engine_parts(cfg: DictConfig, real: RealSet, spec: DatasetSpec) -> dict[str, Any]:
+    """The engine's parts, instantiated from their config groups: ``Engine(**engine_parts(...))``."""
+    return {
+        "real": real,
+        "net_factory": network_for(cfg, spec),
+        "matcher": instantiate(cfg.matcher),
+        "sampler": build_sampler(cfg.sampler),
+        "initializer": instantiate(cfg.init),
+        "cfg": from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed),
+        "interval": cfg.sampler.get("interval"),
+        "diagnostics_every": cfg.diagnostics_every,
+    }
+
+
 def build_module(cfg: DictConfig, real: RealSet, spec: DatasetSpec) -> DistillModule:
-    """Instantiate the injected parts from their config groups and the loop itself."""
+    """The Lightning module around the engine a run of ``cfg`` distils with."""
     return DistillModule(
-        real=real,
-        net_factory=network_for(cfg, spec),
-        matcher=instantiate(cfg.matcher),
-        sampler=build_sampler(cfg.sampler),
-        initializer=instantiate(cfg.init),
-        cfg=from_block(DistillConfig, cfg.distill, "distill", ipc=cfg.ipc, seed=cfg.seed),
-        dataset=cfg.dataset.name,
-        run_config=plain_config(cfg),
+        **engine_parts(cfg, real, spec), dataset=cfg.dataset.name, run_config=plain_config(cfg)
     )
 
 
@@ -86,7 +87,7 @@ def checkpoint_every(cfg: DictConfig) -> int:
 
 
 def distill_callbacks(cfg: DictConfig, out: Path, data: RealData) -> list[pl.Callback]:
-    """Progress, checkpoints, exports, the clustering schedule (every selecting sampler), diagnostics, curves.
+    """Progress, checkpoints, exports, diagnostics histograms, accuracy curves.
 
     Besides ``last.ckpt``, the newest ``keep_checkpoints`` periodic checkpoints (``step-<n>.ckpt``) stay:
     a run whose newest checkpoint is damaged goes back to one of them.
@@ -108,10 +109,8 @@ def distill_callbacks(cfg: DictConfig, out: Path, data: RealData) -> list[pl.Cal
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(DistillProgressBar(inner_loops=cfg.distill.inner_loops, iterations=cfg.iterations))
-    if sampler_selects(cfg.sampler):
-        callbacks.append(ClusteringCallback(cfg.sampler.interval, cfg.distill.inner_loops))
     if cfg.diagnostics_every:
-        callbacks.append(DiagnosticsCallback(cfg.diagnostics_every))
+        callbacks.append(DiagnosticsHistograms())
     if cfg.eval_every:
         name = cfg.evaluation.models[0]
         callbacks.append(

@@ -1,14 +1,12 @@
-"""Lightning callbacks: when to cluster, what to export, how to show progress."""
+"""Lightning callbacks: what to export, how to show progress, where to draw diagnostics."""
 
-from dream_pl.callbacks.clustering import ClusteringCallback
-from dream_pl.callbacks.diagnostics import DiagnosticsCallback
+from dream_pl.callbacks.diagnostics import DiagnosticsHistograms
 from dream_pl.callbacks.export import SyntheticExport
 from dream_pl.callbacks.periodic_eval import PeriodicEvaluation
 from dream_pl.callbacks.progress import DistillProgressBar, progress_text
 
 __all__ = [
-    "ClusteringCallback",
-    "DiagnosticsCallback",
+    "DiagnosticsHistograms",
     "DistillProgressBar",
     "PeriodicEvaluation",
     "SyntheticExport",

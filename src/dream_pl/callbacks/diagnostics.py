@@ -1,9 +1,8 @@
-"""DiagnosticsCallback: the paper's analysis signals, logged while distilling (off unless enabled).
+"""DiagnosticsHistograms: the per-sample gradient norms of a diagnostics step as histograms (Fig. 1a, Fig. 3).
 
-Every ``every_n_steps`` steps, for up to ``max_classes`` classes, it compares the sampler's matching
-batch with a random batch of the same size: the MMD of each to the whole class in the matching network's
-feature space (Fig. 2c), the L1 distance of each batch's conv-weight gradient to the class's, and the
-per-sample gradient norms (Fig. 1a, Fig. 3).
+The engine computes the selection diagnostics every ``diagnostics_every`` inner steps (right after a
+clustering event when the two align) and the module logs their means; this callback sends the
+per-sample gradient norms of the selected and the random batch to TensorBoard or W&B as histograms.
 """
 
 from __future__ import annotations
@@ -11,49 +10,30 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
+
+HISTOGRAMS = ("diag/gradnorm_selected", "diag/gradnorm_random")
 
 
-class DiagnosticsCallback(pl.Callback):
-    """Logs ``distill/diag/{mmd,graddist,gradnorm}_{selected,random}`` and ``graddist_ratio``.
+class DiagnosticsHistograms(pl.Callback):
+    """Logs ``distill/diag/gradnorm_{selected,random}`` histograms after a step that computed them."""
 
-    Gradient-norm histograms go to TensorBoard and W&B where they are the logger.
-
-    Args:
-        every_n_steps: steps between diagnostics (align with the clustering interval to see each event).
-        max_classes: classes analysed per event (the first ones).
-        reference: images of the class (a seeded random subset) standing for the whole class in the MMD.
-    """
-
-    def __init__(self, every_n_steps: int, max_classes: int = 10, reference: int = 1000) -> None:
-        self.every_n_steps, self.max_classes, self.reference = every_n_steps, max_classes, reference
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Run after the clustering callback (callbacks run in order), so it sees the new selection."""
-        step = trainer.global_step
-        if step % self.every_n_steps:
+        """Histograms of the step's per-sample gradient norms, where the logger draws them."""
+        values = {key: outputs[key] for key in HISTOGRAMS if isinstance(outputs, dict) and key in outputs}
+        if not values:
             return
-        stats = pl_module.selection_diagnostics(step, self.max_classes, self.reference)
-        if stats:  # a process of a sharded run may hold none of the analysed classes
-            self._log(trainer, pl_module, stats)
-
-    def _log(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: dict[str, torch.Tensor]
-    ) -> None:
-        names = {"gn_selected": "gradnorm_selected", "gn_random": "gradnorm_random"}
-        for key, values in stats.items():
-            pl_module.log(f"distill/diag/{names.get(key, key)}", float(values.mean()), on_step=True)
+        step = trainer.global_step - 1  # the step that computed them, as its scalars are logged
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_histogram"):  # TensorBoard
-                for key in ("gn_selected", "gn_random"):
-                    experiment.add_histogram(f"distill/diag/{names[key]}", stats[key], trainer.global_step)
+                for key, value in values.items():
+                    experiment.add_histogram(f"distill/{key}", value, step)
             elif type(logger).__name__ == "WandbLogger":
                 import wandb
 
-                logger.experiment.log(
-                    {f"distill/diag/{names[k]}_hist": wandb.Histogram(stats[k].cpu().numpy()) for k in names},
-                    step=trainer.global_step,
-                )
+                histograms = {
+                    f"distill/{k}_hist": wandb.Histogram(v.cpu().numpy()) for k, v in values.items()
+                }
+                logger.log_metrics(histograms, step=step)

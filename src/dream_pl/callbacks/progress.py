@@ -13,6 +13,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 
+from dream_pl.engine import position
+
 
 def progress_text(step: int, inner_loops: int, iterations: int) -> str:
     """The bar's description after ``step`` completed inner steps (``trainer.global_step``).
@@ -33,8 +35,8 @@ def progress_text(step: int, inner_loops: int, iterations: int) -> str:
         raise ValueError(
             f"need step >= 0, inner_loops >= 1, iterations >= 1; got {step}, {inner_loops}, {iterations}"
         )
-    outer = max(step - 1, 0) // inner_loops + 1
-    inner = step - (outer - 1) * inner_loops
+    last_outer, last_inner = position(max(step - 1, 0), inner_loops)  # of the last completed step
+    outer, inner = last_outer + 1, last_inner + 1 if step else 0
     o_width, i_width = len(str(iterations)), len(str(inner_loops))
     return f"outer {outer:>{o_width}}/{iterations} · inner {inner:>{i_width}}/{inner_loops}"
 

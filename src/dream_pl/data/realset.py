@@ -142,10 +142,6 @@ class RealSet:
         pixels = self.to_pixels(x) if x.dtype == torch.uint8 else x.to(self.mean.device)
         return (pixels - self.mean) / self.std
 
-    def denormalize(self, x: Tensor) -> Tensor:
-        """Normalised images -> pixels (floats, nominally in [0, 1])."""
-        return x * self.std + self.mean
-
     def get(self, index: Tensor) -> Tensor:
         """Normalised float [n, C, H, W] images at global indices of the sorted storage."""
         return self.normalize(self.images[index.to(self.images.device)])

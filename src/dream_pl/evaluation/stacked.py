@@ -30,15 +30,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dream_pl.augment import DiffAugment, cutmix, cutmix_loss, cutmix_static
 from dream_pl.graphs import GraphedStep, sgd_step_, static_formulation, use_graphs
+from dream_pl.models import has_batch_norm
 from dream_pl.seeding import derive, generator
 
 if TYPE_CHECKING:
     from dream_pl.schemas import EvalProtocol
-
-
-def supports_stacking(net: nn.Module) -> bool:
-    """True when ``net`` has no batch norm (whose in-place running statistics break ``vmap``)."""
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def seeded_nets(factory: Callable[[], nn.Module], seed: int, repeats: int | Sequence[int]) -> list[nn.Module]:
@@ -104,7 +100,7 @@ class StackedClassifier(pl.LightningModule):
         self.ids = list(range(protocol.repeats) if repeat_ids is None else repeat_ids)
         nets = seeded_nets(factory, seed, self.ids)
         self.repeats, self.seed, self.protocol = len(self.ids), seed, protocol
-        self.stacked = supports_stacking(nets[0]) if stacked is None else stacked
+        self.stacked = not has_batch_norm(nets[0]) if stacked is None else stacked  # BN breaks vmap
         if self.stacked:
             params, buffers = stack_module_state(nets)
             self.params = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(v) for k, v in params.items()})

@@ -6,7 +6,6 @@ from dream_pl.matchers.gradient import (
     GradientMatcher,
     gradient_distance,
     matched_parameters,
-    supports_batched_classes,
 )
 
 __all__ = [
@@ -16,5 +15,4 @@ __all__ = [
     "gradient_distance",
     "matched_parameters",
     "mean_embedding_distance",
-    "supports_batched_classes",
 ]

@@ -32,11 +32,3 @@ class DistributionMatcher:
         del y_real, y_syn
         f_real = net.embed(x_real).detach()
         return mean_embedding_distance(f_real, net.embed(x_syn))
-
-    def batched(self, net: nn.Module, x_real: Tensor, y_real: Tensor, x_syn: Tensor, y_syn: Tensor) -> Tensor:
-        """Losses of K classes in one pass: inputs [K, B, ...] -> [K] (one embedding of all images)."""
-        del y_real, y_syn
-        k = len(x_real)
-        f_real = net.embed(x_real.flatten(0, 1)).detach().view(k, -1, net.embed_dim)
-        f_syn = net.embed(x_syn.flatten(0, 1)).view(k, -1, net.embed_dim)
-        return (f_real.mean(dim=1) - f_syn.mean(dim=1)).pow(2).sum(dim=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
 METRICS = ("mse", "l1", "l1_mean", "cos")
 
@@ -55,11 +54,6 @@ def matched_named_parameters(net: nn.Module, *, bias: bool = False, fc: bool = F
     return {name: p for name, p in net.named_parameters() if p.dim() in keep}
 
 
-def supports_batched_classes(net: nn.Module) -> bool:
-    """Whether classes can share one vmapped pass: no batch norm (its batch statistics would mix them)."""
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 class GradientMatcher:
     """Per-class gradient matching on a shared network.
 
@@ -87,25 +81,3 @@ class GradientMatcher:
             (gradient_distance(gr.detach(), gs, self.metric) for gr, gs in zip(g_real, g_syn, strict=True)),
             start=torch.zeros((), device=x_syn.device),
         )
-
-    def batched(self, net: nn.Module, x_real: Tensor, y_real: Tensor, x_syn: Tensor, y_syn: Tensor) -> Tensor:
-        """Losses of K classes in one pass: inputs [K, B, ...] -> [K], each equal to :meth:`__call__`'s.
-
-        ``torch.func.vmap`` over the classes of the per-class parameter gradients (``torch.func.grad``);
-        differentiable w.r.t. ``x_syn`` by ordinary autograd. One batched pass replaces K small ones,
-        which on a GPU is K times fewer kernel launches (needs a network without batch norm).
-        """
-        params = dict(net.named_parameters())
-        buffers = dict(net.named_buffers())
-        names = list(matched_named_parameters(net, bias=self.bias, fc=self.fc))
-
-        def cross_entropy(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return F.cross_entropy(functional_call(net, (p, buffers), (x,)), y)
-
-        def one_class(xr: Tensor, yr: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-            g_real = grad(cross_entropy)(params, xr, yr)
-            g_syn = grad(cross_entropy)(params, xs, ys)
-            distances = [gradient_distance(g_real[n].detach(), g_syn[n], self.metric) for n in names]
-            return torch.stack(distances).sum()
-
-        return vmap(one_class)(x_real, y_real, x_syn, y_syn)

@@ -4,6 +4,7 @@ from dream_pl.models import convnet, densenet, resnet
 from dream_pl.models.registry import (
     check_model,
     create_model,
+    has_batch_norm,
     list_models,
     model_options,
     network_factory,
@@ -15,6 +16,7 @@ __all__ = [
     "convnet",
     "create_model",
     "densenet",
+    "has_batch_norm",
     "list_models",
     "model_options",
     "network_factory",

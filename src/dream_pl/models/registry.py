@@ -150,3 +150,8 @@ def check_model(
         raise ValueError(
             f"model {name} with {dict(knobs)} cannot run on {channels}x{size}x{size} images: {reason}"
         ) from error
+
+
+def has_batch_norm(net: nn.Module) -> bool:
+    """Whether ``net`` normalises over the batch: its statistics then depend on which rows it sees."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())

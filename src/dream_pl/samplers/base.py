@@ -22,6 +22,11 @@ class Sampler(ABC):
 
     selects: bool = False
 
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`indices` can answer (a selecting sampler needs a first :meth:`refresh`)."""
+        return True
+
     @abstractmethod
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """Within-class indices of class ``c``'s next matching batch."""
@@ -35,10 +40,6 @@ class Sampler(ABC):
         """
         del net, real, seed, classes
         return {}
-
-    def batch_size(self) -> int:
-        """Real images per matching batch."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """Selection state for checkpoints."""
@@ -83,6 +84,11 @@ class SelectionSampler(Sampler):
             raise ValueError(f"unknown features {features!r}; allowed: {', '.join(FEATURE_INPUTS)}")
         self.embed_subset, self.embed_chunk, self.features = embed_subset, embed_chunk, features
         self.selection: list[Tensor] = []
+
+    @property
+    def ready(self) -> bool:
+        """Whether a selection is held (made by :meth:`refresh` or restored from a checkpoint)."""
+        return bool(self.selection)
 
     @abstractmethod
     def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:

@@ -19,11 +19,7 @@ class _CoresetSampler(SelectionSampler):
         features: str = "normalized",
     ) -> None:
         super().__init__(embed_subset=embed_subset, embed_chunk=embed_chunk, features=features)
-        self._batch_size = batch_size
-
-    def batch_size(self) -> int:
-        """Real images per matching batch."""
-        return self._batch_size
+        self.batch_size = batch_size
 
 
 class HerdingSampler(_CoresetSampler):
@@ -32,7 +28,7 @@ class HerdingSampler(_CoresetSampler):
     def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """Herding on the class's features."""
         del seed
-        return herding(features, self._batch_size), {}
+        return herding(features, self.batch_size), {}
 
 
 class KCenterSampler(_CoresetSampler):
@@ -40,4 +36,4 @@ class KCenterSampler(_CoresetSampler):
 
     def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """Greedy k-center on the class's features."""
-        return kcenter(features, self._batch_size, seed=seed), {}
+        return kcenter(features, self.batch_size, seed=seed), {}

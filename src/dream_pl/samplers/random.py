@@ -15,12 +15,8 @@ class RandomSampler(Sampler):
     def __init__(self, batch_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"sampler.batch_size={batch_size} must be >= 1")
-        self._batch_size = batch_size
-
-    def batch_size(self) -> int:
-        """Real images per matching batch."""
-        return self._batch_size
+        self.batch_size = batch_size
 
     def indices(self, real: RealSet, c: int, generator: torch.Generator) -> Tensor:
         """A random batch of class ``c``."""
-        return real.sample_class(c, self._batch_size, generator)
+        return real.sample_class(c, self.batch_size, generator)

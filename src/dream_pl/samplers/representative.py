@@ -55,10 +55,6 @@ class RepresentativeSampler(SelectionSampler):
         self.n_clusters, self.n_per_cluster = n_clusters, n_per_cluster
         self.backend, self.max_iter, self.kmeans_init = backend, max_iter, kmeans_init
 
-    def batch_size(self) -> int:
-        """N x n."""
-        return self.n_clusters * self.n_per_cluster
-
     def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """K-means with N centres, then the n nearest images of each centre."""
         result = kmeans(
