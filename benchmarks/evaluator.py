@@ -23,11 +23,10 @@ from dataclasses import replace
 import torch
 from hydra import compose, initialize_config_dir
 
-from dream_pl.config import CONF_DIR
+from dream_pl.config import CONF_DIR, protocol_from
 from dream_pl.data import load_dataset
 from dream_pl.evaluation.protocol import evaluate_set
 from dream_pl.evaluation.sets import baseline_set
-from dream_pl.evaluation.suite import protocol_from
 from dream_pl.models import network_factory
 
 

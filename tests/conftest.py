@@ -11,10 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from torch import Tensor
 
-from dream_pl.config import CONF_DIR
+from dream_pl.config import CONF_DIR, protocol_from
 from dream_pl.data import RealData
 from dream_pl.evaluation.protocol import EvalResult, evaluate_set
-from dream_pl.evaluation.suite import protocol_from
 from dream_pl.models import network_factory
 from dream_pl.schemas import EvalProtocol
 

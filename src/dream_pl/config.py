@@ -1,31 +1,35 @@
-"""Configuration checks that run before any work: one clear line naming the bad value and what is allowed.
+"""The config layer: the blocks' schemas, registered with Hydra, and the checks composition cannot make.
 
-Hydra composes the config; these checks cover what composition cannot know (value ranges, names that
-live in registries, sizes that depend on the dataset). Unknown group options are caught before Hydra
-runs, so the user sees the allowed options in one line instead of Hydra's multi-line report.
+The ``distill`` and ``evaluation`` blocks are structured configs (their schemas derive from the dataclasses
+the code reads, :mod:`dream_pl.schemas`), so Hydra refuses an unknown key or a wrong type while composing.
+A part built from a ``_target_`` (matcher, sampler, initialiser) checks its own arguments: :func:`validate`
+builds it (no data needed) and reports its refusal. What remains here is what neither can know: ranges of
+the loop's numbers, cross-field rules, names that live in registries, and (:func:`validate_against_data`)
+sizes that depend on the dataset. Every refusal is one line naming the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import typing
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
-from dream_pl.clustering import BACKENDS, INITS
+from dream_pl.clustering import BACKENDS
 from dream_pl.data import DATASETS, DatasetSpec
 from dream_pl.data.specs import spec_for
 from dream_pl.errors import UserError
 from dream_pl.features import FEATURE_INPUTS
 from dream_pl.graphs import COMPILE_MODES
-from dream_pl.initializers import RandomRealInit
-from dream_pl.matchers import METRICS
 from dream_pl.models import check_model, list_models, model_options
 from dream_pl.schemas import IMAGE_STEPS, DistillConfig, EvalProtocol
 
@@ -42,14 +46,47 @@ GROUPS = (
     "experiment",
     "debug",
 )
-EVALUATION_RUN_KEYS = ("enabled", "models", "baseline", "periodic")  # the block's keys beyond the protocol
-PERIODIC_KEYS = ("epochs", "repeats")
 MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision: strict fp32 | TF32
 T = TypeVar("T")
 
 
 class ConfigError(UserError, ValueError):
     """A bad configuration value; its message is one line meant for the user."""
+
+
+@dataclass
+class PeriodicSchema:
+    """``evaluation.periodic``: the cheaper protocol of evaluations during distillation."""
+
+    epochs: int = MISSING
+    repeats: int = MISSING
+
+
+def block_schema(cls: type, name: str, *, omit: Iterable[str] = (), extra: Iterable[tuple] = ()) -> type:
+    """A structured-config schema for a yaml block: ``cls``'s fields (every one required) but ``omit``.
+
+    The values and their one-line meaning stay in the yaml; the schema only says which keys exist and their
+    types, so they are written once (in ``cls``, which the code reads).
+    """
+    hints = typing.get_type_hints(cls)
+    required = [(f.name, hints[f.name], field(default=MISSING)) for f in fields(cls) if f.name not in omit]
+    return make_dataclass(name, [*required, *extra])
+
+
+DistillSchema = block_schema(DistillConfig, "DistillSchema", omit=("ipc", "seed"))  # those are top-level
+EvaluationSchema = block_schema(
+    EvalProtocol,
+    "EvaluationSchema",
+    extra=[
+        ("enabled", bool, field(default=MISSING)),
+        ("models", list[str], field(default=MISSING)),
+        ("baseline", bool, field(default=MISSING)),
+        ("periodic", PeriodicSchema, field(default_factory=PeriodicSchema)),
+    ],
+)
+_store = ConfigStore.instance()  # conf/train.yaml and conf/evaluation/default.yaml merge onto these
+_store.store(group="schemas", name="distill", node=DistillSchema)
+_store.store(group="schemas", name="evaluation", node=EvaluationSchema)
 
 
 def check_keys(name: str, node: DictConfig, allowed: Iterable[str]) -> None:
@@ -60,15 +97,14 @@ def check_keys(name: str, node: DictConfig, allowed: Iterable[str]) -> None:
             raise ConfigError(f"unknown key {name}.{key}; allowed: {', '.join(allowed)}")
 
 
-def from_block(cls: type[T], node: DictConfig, name: str, *, ignore: Iterable[str] = (), **given: Any) -> T:
+def from_block(cls: type[T], node: DictConfig, name: str, **given: Any) -> T:
     """Dataclass ``cls`` from config block ``name``: its fields, except those ``given``, come from the block.
 
-    The block must hold exactly those fields (plus the keys in ``ignore``, read elsewhere); lists become
+    Which keys the block may hold is its schema's business (composition refuses others); lists become
     tuples so the dataclass stays hashable and immutable.
     """
     wanted = [f.name for f in fields(cls) if f.name not in given]  # type: ignore[arg-type]
-    check_keys(name, node, [*wanted, *ignore])
-    missing = [key for key in wanted if key not in node]
+    missing = [key for key in wanted if key not in node or OmegaConf.is_missing(node, key)]
     if missing:
         raise ConfigError(f"{name}.{missing[0]} is missing; the {name} block needs: {', '.join(wanted)}")
     values = {key: OmegaConf.select(node, key) for key in wanted}
@@ -116,11 +152,32 @@ def check_model_block(model: DictConfig, dataset: DictConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def check_schema_keys(name: str, node: DictConfig, schema: type) -> None:
+    """A block holds its schema's keys, each with a value.
+
+    Composition refuses a key the schema lacks, except one added on purpose (``+distill.x=1``), and a
+    value left ``???``: both are refused here.
+    """
+    check_keys(name, node, [f.name for f in fields(schema)])
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]} is missing (???); the {name} block needs a value for it")
+
+
+def composition_error(err: Exception) -> ConfigError:
+    """Hydra's refusal of an override, in one line: its own first line and its cause's (the type clash)."""
+    said = str(err).strip().splitlines()[0]
+    cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ is not None else ""
+    return ConfigError(f"{said}: {cause}" if cause and cause not in said else said)
+
+
 def check_blocks(cfg: DictConfig) -> None:
-    """No block of a train config holds a key nothing reads (``evaluation``: see validate_evaluation)."""
-    check_keys(
-        "distill", cfg.distill, [f.name for f in fields(DistillConfig) if f.name not in ("ipc", "seed")]
-    )
+    """No block of a train config holds a key nothing reads, and every part accepts its arguments.
+
+    ``distill`` and ``evaluation`` have schemas; the ``_target_`` blocks are checked against their
+    constructors' signatures, then built (cheap, no data), so each refuses its own bad values.
+    """
+    check_schema_keys("distill", cfg.distill, DistillSchema)
     check_model_block(cfg.model, cfg.dataset)
     _check_target_block("matcher", cfg.matcher)
     _check_target_block("init", cfg.init)
@@ -131,6 +188,14 @@ def check_blocks(cfg: DictConfig) -> None:
             f"sampler.interval is missing: {cfg.sampler._target_.rsplit('.', 1)[-1]} re-selects its batches "
             "at clustering events and needs the number of inner steps between them (I_int, paper: 10)"
         )
+    sampler = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if k != "interval"}
+    for node in (cfg.matcher, sampler, cfg.init):
+        try:
+            instantiate(node)
+        except InstantiationException as err:  # Hydra's wrapper around the part's own ValueError
+            if not isinstance(err.__cause__, ValueError):
+                raise
+            raise ConfigError(str(err.__cause__).splitlines()[0]) from None
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
@@ -234,11 +299,7 @@ def validate(cfg: DictConfig) -> None:
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
     _require(not (sharded_trainer(cfg) and d.image_step == "per_class"), PER_CLASS_SHARDED)
-    for key in ("cuda_graphs", "shard_net_update"):
-        _require(isinstance(d[key], bool), f"distill.{key}={d[key]!r} must be true or false")
-    _check_choice(
-        "trainer.matmul_precision", cfg.trainer.get("matmul_precision", "highest"), MATMUL_PRECISIONS
-    )
+    _check_matmul_precision(cfg)
     precision = str(cfg.trainer.get("precision", "32-true"))
     _require(
         precision not in ("16-mixed", "16"),
@@ -246,8 +307,6 @@ def validate(cfg: DictConfig) -> None:
         "distillation passes (second-order, taken with torch.autograd.grad) do not use; allowed: a precision "
         "without a loss scaler (32-true, bf16-mixed, 16-true, 64-true)",
     )
-    if "metric" in cfg.matcher:
-        _check_choice("matcher.metric", cfg.matcher.metric, METRICS)
     _validate_selection(cfg)
     validate_evaluation(cfg.evaluation)
 
@@ -273,12 +332,8 @@ def _validate_selection(cfg: DictConfig) -> None:
     for group in ("sampler", "init"):
         if "backend" in cfg[group]:
             _check_choice(f"{group}.backend", cfg[group].backend, BACKENDS)
-        if "kmeans_init" in cfg[group]:
-            _check_choice(f"{group}.kmeans_init", cfg[group].kmeans_init, INITS)
         if "features" in cfg[group]:
             _check_choice(f"{group}.features", cfg[group].features, FEATURE_INPUTS)
-    if "order" in cfg.init:
-        _check_choice("init.order", cfg.init.order, RandomRealInit.ORDERS)
     _validate_embedding(cfg)
 
 
@@ -298,7 +353,8 @@ def _validate_embedding(cfg: DictConfig) -> None:
 
 def validate_evaluation(ev: DictConfig) -> None:
     """Checks on the ``evaluation`` block (shared by train and evaluate)."""
-    check_keys("evaluation", ev, [*(f.name for f in fields(EvalProtocol)), *EVALUATION_RUN_KEYS])
+    check_schema_keys("evaluation", ev, EvaluationSchema)
+    check_schema_keys("evaluation.periodic", ev.periodic, PeriodicSchema)
     for key in ("repeats", "epochs", "batch_size", "test_batch"):
         _require_int(f"evaluation.{key}", ev[key])
     _require(
@@ -307,14 +363,8 @@ def validate_evaluation(ev: DictConfig) -> None:
     )
     for name in ev.models:
         _check_choice("evaluation.models", name, list_models())
-    if "periodic" in ev:
-        check_keys("evaluation.periodic", ev.periodic, PERIODIC_KEYS)
-        for key in PERIODIC_KEYS:
-            _require_int(f"evaluation.periodic.{key}", ev.periodic[key])
-    _require(
-        ev.stacked is None or isinstance(ev.stacked, bool),
-        f"evaluation.stacked={ev.stacked!r} must be true, false or null (null: stacked on a GPU if possible)",
-    )
+    for key in ("epochs", "repeats"):
+        _require_int(f"evaluation.periodic.{key}", ev.periodic[key])
     _check_choice("evaluation.compile", ev.compile, COMPILE_MODES)
     _require_number("evaluation.lr", ev.lr, positive=True)
     _require_number("evaluation.lr_gamma", ev.lr_gamma, positive=True)
@@ -383,3 +433,14 @@ def validate_against_data(cfg: DictConfig, class_sizes: list[int]) -> None:
             "are needed "
             f"to initialise, but {where.split(';')[0]}",
         )
+
+
+def protocol_from(ev: DictConfig, *, periodic: bool = False) -> EvalProtocol:
+    """The ``evaluation`` block as an :class:`EvalProtocol`.
+
+    ``periodic``: with the cheaper epochs and repeats of ``evaluation.periodic``.
+    """
+    protocol = from_block(EvalProtocol, ev, "evaluation")
+    if periodic:
+        protocol = replace(protocol, epochs=ev.periodic.epochs, repeats=ev.periodic.repeats)
+    return protocol

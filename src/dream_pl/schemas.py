@@ -1,8 +1,9 @@
-"""The schemas of the config blocks the code reads: frozen dataclasses, no defaults.
+"""What the code reads from the config blocks: frozen dataclasses, no defaults, no Hydra.
 
-The values, with the paper's defaults and a comment each, live in the yaml under ``conf/``;
-``config.from_block`` builds these from a block and rejects unknown or missing keys. Kept free of
-Lightning so the command line can check a config in seconds, before any heavy import.
+The values, with the paper's defaults and a comment each, live in the yaml under ``conf/``. The config
+layer (:mod:`dream_pl.config`) derives the blocks' structured-config schemas from these classes, registers
+them with Hydra (so composition refuses unknown keys and wrong types) and builds them from a block
+(``config.from_block``). The engine imports them without importing Hydra.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class EvalProtocol:
     """How a set is evaluated: the protocol fields of the ``evaluation`` config block.
 
     The values, with the paper's defaults and what each means, live in ``conf/evaluation/default.yaml``;
-    ``dream_pl.evaluation.suite.protocol_from`` builds this from it and rejects unknown keys.
+    ``dream_pl.config.protocol_from`` builds this from it (the block's schema derives from this class).
     """
 
     epochs: int

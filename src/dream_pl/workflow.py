@@ -24,6 +24,7 @@ from dream_pl.checkpoints import check_resume
 from dream_pl.config import (
     ConfigError,
     from_block,
+    protocol_from,
     sharded_trainer,
     validate,
     validate_against_data,
@@ -40,7 +41,7 @@ from dream_pl.evaluation.sets import (
     baseline_set,
     load_set,
 )
-from dream_pl.evaluation.suite import evaluate_sets, network_for, protocol_from, set_evaluator
+from dream_pl.evaluation.suite import evaluate_sets, network_for, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
 from dream_pl.launch import launched_rank_zero, output_dir
 from dream_pl.quiet import quiet_lightning
@@ -146,12 +147,14 @@ def resume_note(resume: Path | None, cfg: DictConfig) -> str:
     return f"resuming from {resume} ({total} steps in all)" if resume else f"a new run of {total} steps"
 
 
-def distill(cfg: DictConfig) -> tuple[DistillModule, pl.Trainer, Path, RealData]:
-    """Check, load data, build and fit; returns the module, its trainer, the run directory, the data.
+def distill(cfg: DictConfig, *, checked: bool = False) -> tuple[DistillModule, pl.Trainer, Path, RealData]:
+    """Check (unless ``checked``: the caller did), load data, build and fit.
 
-    The caller holds the run folder's lock (:func:`train`).
+    Returns the module, its trainer, the run directory and the data. The caller holds the run folder's
+    lock (:func:`train`).
     """
-    validate(cfg)
+    if not checked:
+        validate(cfg)
     out = output_dir(cfg)
     resume = check_resume(cfg, out)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -191,20 +194,22 @@ def evaluate_run(
             initial = load_set(init, data)
             sets[INITIALISATION] = (initial.images, initial.labels)
         sets[baseline_label("random", cfg.ipc)] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
-    rows = evaluate_sets(cfg, data, sets)
+    rows = evaluate_sets(cfg, data, sets, protocol_from(cfg.evaluation))
     if write:
         write_report(rows, out)
     return eval_metrics(rows)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, *, checked: bool = False) -> dict[str, Any]:
     """Distil, then (unless ``evaluation.enabled=false``) evaluate; returns the run's metrics.
 
-    The run folder is locked for the whole run: a second run on the same ``out_dir`` refuses at once.
+    ``checked``: the command line's pre-check already validated this job's config (once per job). The run
+    folder is locked for the whole run: a second run on the same ``out_dir`` refuses at once.
     """
-    validate(cfg)
+    if not checked:
+        validate(cfg)
     with RunLock(output_dir(cfg)) if launched_rank_zero() else nullcontext():
-        module, trainer, out, data = distill(cfg)
+        module, trainer, out, data = distill(cfg, checked=True)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.evaluation.enabled:  # every process of a sharded run evaluates its share of the sets
             scores = evaluate_run(cfg, module, out, data, write=trainer.is_global_zero)
@@ -271,7 +276,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         torch.set_float32_matmul_precision(cfg.trainer.get("matmul_precision", "highest"))
         pl.seed_everything(cfg.seed, verbose=False)
         real = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
-        rows = evaluate_sets(cfg, real, evaluation_sets(cfg, real))
+        rows = evaluate_sets(cfg, real, evaluation_sets(cfg, real), protocol_from(cfg.evaluation))
         if first:
             write_report(rows, out)
             for logger in make_loggers(cfg, out, job_type="eval"):

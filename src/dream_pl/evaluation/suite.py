@@ -14,22 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from dream_pl.config import EVALUATION_RUN_KEYS, from_block
 from dream_pl.data import DatasetSpec, RealData
 from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.models import network_factory
 from dream_pl.sharding import Shard
-
-
-def protocol_from(ev: DictConfig, *, periodic: bool = False) -> EvalProtocol:
-    """The ``evaluation`` block as an :class:`EvalProtocol`.
-
-    ``periodic``: with the cheaper epochs and repeats of ``evaluation.periodic``.
-    """
-    protocol = from_block(EvalProtocol, ev, "evaluation", ignore=EVALUATION_RUN_KEYS)
-    if periodic:
-        protocol = replace(protocol, epochs=ev.periodic.epochs, repeats=ev.periodic.repeats)
-    return protocol
 
 
 def network_for(cfg: DictConfig, spec: DatasetSpec, name: str | None = None) -> Callable[[], nn.Module]:
@@ -70,16 +58,15 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
 
 
 def evaluate_sets(
-    cfg: DictConfig, real: RealData, sets: dict[str, tuple[Tensor, Tensor]]
+    cfg: DictConfig, real: RealData, sets: dict[str, tuple[Tensor, Tensor]], protocol: EvalProtocol
 ) -> list[dict[str, Any]]:
-    """Every (architecture of ``evaluation.models``, labelled set) pair under the configured protocol.
+    """Every (architecture of ``evaluation.models``, labelled set) pair under ``protocol``.
 
     In a run sharded over processes (``trainer=ddp``) the (pair, repeat) units are dealt out like classes,
     each process stacks the repeats it got of a pair, and the rows are gathered on every process: the same
     rows, in the same order, with the same per-repeat accuracies as one process computes (every repeat
     trains on streams of its own). ``seconds`` of a row is then its slowest process's.
     """
-    protocol = protocol_from(cfg.evaluation)
     pairs = [(name, label) for name in cfg.evaluation.models for label in sets]
     repeats = protocol.repeats
     shard = Shard.current(len(pairs) * repeats)
