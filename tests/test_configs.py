@@ -97,7 +97,34 @@ def test_train_option_composes_resolves_and_validates(compose_train, group, opti
     cfg = compose_train([f"{group}={option}"])
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert plain["ipc"] >= 1
+    if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu needs a CUDA device .*allowed here"):
+            validate(cfg)
+        return
     validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("trainer.devices=0", r"trainer\.devices=0 is not allowed; allowed: auto, a count >= 1"),
+        ("trainer.devices=[]", r"trainer\.devices=\[\] is not allowed"),
+        ("trainer.accelerator=tpu", r"accelerator='tpu' is not allowed; allowed: auto, cpu, gpu, cuda"),
+        ("trainer.num_nodes=0", r"trainer\.num_nodes=0 must be an integer >= 1"),
+    ],
+)
+def test_the_trainer_block_is_checked_before_work(compose_train, override, said):
+    """Values that Lightning would refuse only after the data is loaded are refused by the pre-check."""
+    with pytest.raises(ConfigError, match=said):
+        validate(compose_train(["trainer=ddp", override]))
+
+
+def test_a_key_the_trainer_does_not_take_is_refused_before_any_data_is_read(compose_train):
+    from dream_pl.workflow import check_trainer_keys
+
+    with pytest.raises(ConfigError, match=r"unknown key trainer\.max_stepz; allowed: .*accelerator"):
+        check_trainer_keys(compose_train(["+trainer.max_stepz=3"]))
+    check_trainer_keys(compose_train(["trainer=ddp"]))
 
 
 @pytest.mark.parametrize(("group", "option"), EVAL_OPTIONS)

@@ -47,6 +47,7 @@ GROUPS = (
     "debug",
 )
 MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision: strict fp32 | TF32
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what this project runs on (Lightning's names)
 T = TypeVar("T")
 
 
@@ -299,7 +300,7 @@ def validate(cfg: DictConfig) -> None:
         _check_strategy(f"distill.{key}", d[key])
     _check_choice("distill.image_step", d.image_step, IMAGE_STEPS)
     _require(not (sharded_trainer(cfg) and d.image_step == "per_class"), PER_CLASS_SHARDED)
-    _check_matmul_precision(cfg)
+    check_trainer(cfg)
     precision = str(cfg.trainer.get("precision", "32-true"))
     _require(
         precision not in ("16-mixed", "16"),
@@ -385,6 +386,38 @@ def _check_matmul_precision(cfg: DictConfig) -> None:
     _check_choice("trainer.matmul_precision", value, MATMUL_PRECISIONS)
 
 
+def check_trainer(cfg: DictConfig) -> None:
+    """The ``trainer`` block's values that would otherwise fail only once the data is loaded.
+
+    Its keys are checked against Lightning's ``Trainer`` inside the job (``workflow.check_trainer_keys``):
+    reading that signature imports Lightning, which the command line's pre-check does not.
+    """
+    import torch
+
+    t = cfg.trainer
+    _check_matmul_precision(cfg)
+    accelerator = t.get("accelerator", "auto")
+    _check_choice("trainer.accelerator", accelerator, ACCELERATORS)
+    _require(
+        accelerator not in ("gpu", "cuda") or torch.cuda.is_available(),
+        f"trainer.accelerator={accelerator} needs a CUDA device and none is visible here; allowed here: "
+        "cpu, auto",
+    )
+    devices = t.get("devices", "auto")
+    as_list = list(devices) if OmegaConf.is_list(devices) else None
+    ok = (
+        devices == "auto"
+        or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+        or (as_list is not None and len(as_list) > 0 and all(isinstance(d, int) and d >= 0 for d in as_list))
+    )
+    _require(
+        ok,
+        f"trainer.devices={devices!r} is not allowed; allowed: auto, a count >= 1, -1 (all), or a list of "
+        "device indices such as [0, 1]",
+    )
+    _require_int("trainer.num_nodes", t.get("num_nodes", 1))
+
+
 def validate_eval(cfg: DictConfig) -> None:
     """Range and name checks on a composed ``dream_pl.evaluate`` config (no data needed)."""
     from dream_pl.evaluation.sets import BASELINES
@@ -396,7 +429,7 @@ def validate_eval(cfg: DictConfig) -> None:
     _require_int("repeats", cfg.repeats)
     validate_evaluation(cfg.evaluation)
     check_model_block(cfg.model, cfg.dataset)
-    _check_matmul_precision(cfg)
+    check_trainer(cfg)
     target = str(cfg.synthetic)
     if target not in BASELINES and not Path(target).exists():
         raise ConfigError(

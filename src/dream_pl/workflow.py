@@ -7,6 +7,7 @@ checks as the command line's pre-check), holds its run folder's lock, and writes
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +24,7 @@ from dream_pl.callbacks import DiagnosticsHistograms, DistillProgressBar, Period
 from dream_pl.checkpoints import check_resume
 from dream_pl.config import (
     ConfigError,
+    check_keys,
     from_block,
     protocol_from,
     sharded_trainer,
@@ -134,6 +136,15 @@ def checkpoint_state(out: Path, every: int) -> str:
     return f"no checkpoint was written yet (the first is due at step {every})"
 
 
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Every key of the ``trainer`` block is an argument of Lightning's ``Trainer`` (or matmul_precision).
+
+    Checked in the job before any data is read: Lightning is imported here anyway, not in the pre-check.
+    """
+    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    check_keys("trainer", cfg.trainer, [*accepted, "_target_", "matmul_precision", "strategy"])
+
+
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
     """The ``trainer`` block's Trainer; its ``matmul_precision`` is torch's, set for the whole process."""
     knobs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -155,6 +166,7 @@ def distill(cfg: DictConfig, *, checked: bool = False) -> tuple[DistillModule, p
     """
     if not checked:
         validate(cfg)
+    check_trainer_keys(cfg)
     out = output_dir(cfg)
     resume = check_resume(cfg, out)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -269,6 +281,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     With ``trainer=ddp`` the evaluations are dealt out over the processes; rank 0 locks and writes.
     """
     validate_eval(cfg)
+    check_trainer_keys(cfg)
     out = output_dir(cfg)
     first = launched_rank_zero()
     with RunLock(out) if first else nullcontext():
