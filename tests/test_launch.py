@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from dream_pl.checkpoints import CONFIG_KEY, ResumeError, check_resume, identity_mismatch
-from dream_pl.config import ConfigError, check_top_keys, validate
+from dream_pl.cli import check_out_dir
+from dream_pl.config import CONF_DIR, ConfigError, check_top_keys, validate
 from dream_pl.launch import (
-    check_out_dir,
     compose_job,
     discard_if_empty,
     job_overrides,
@@ -35,6 +35,20 @@ def test_a_sweep_expands_to_every_combination_as_hydras_basic_sweeper_does():
     assert job_overrides(["--cfg", "job"]) is None  # Hydra's own options: left to Hydra
 
 
+def test_a_glob_sweep_expands_over_the_config_group_and_a_repeated_key_keeps_its_last_value():
+    jobs, _ = job_overrides(["-m", "model=glob(convnet*)", "ipc=1", "ipc=choice(2,3)"])
+    models = sorted(p.stem for p in (CONF_DIR / "model").glob("convnet*.yaml"))
+    assert len(models) >= 1
+    assert jobs == [[f"model={m}", f"ipc={i}"] for m in models for i in (2, 3)]
+
+
+@pytest.mark.parametrize("sweep", ["ipc=[1", "distill.lr_img=interval(0,1)"])
+def test_a_sweep_hydra_cannot_expand_is_refused_in_one_line(sweep):
+    with pytest.raises(ConfigError) as err:
+        job_overrides(["-m", sweep])
+    assert "\n" not in str(err.value)
+
+
 def test_a_composition_error_is_one_line_naming_the_key_and_its_block():
     with pytest.raises(
         ConfigError, match=r"^unknown key distill\.lr_imgg; the distill block's keys: .*lr_img"
@@ -43,6 +57,19 @@ def test_a_composition_error_is_one_line_naming_the_key_and_its_block():
     with pytest.raises(ConfigError) as err:
         compose_job("train", ["ipc=[1"])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("distill.net_cutmix_p=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+        ("evaluation.lr_milestones=abc", "Invalid value assigned: str is not a ListConfig, list or tuple."),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_at_composition_in_one_line(override, said):
+    with pytest.raises(ConfigError) as err:
+        compose_job("train", [override])
+    assert str(err.value) == f"Error merging override {override}: {said}"
 
 
 def test_a_key_added_with_plus_that_nothing_reads_is_refused(compose_train):
@@ -73,9 +100,7 @@ def test_non_finite_or_negative_rates_are_refused(compose_train, override, said)
 @pytest.mark.parametrize(
     ("override", "said"),
     [
-        ("distill.net_cutmix_p=abc", "distill.net_cutmix_p='abc' must be a number in [0, 1]"),
         ("evaluation.cutmix_p=1.5", "evaluation.cutmix_p=1.5 must be a number in [0, 1]"),
-        ("evaluation.lr_milestones=abc", "evaluation.lr_milestones='abc' must be a list of fractions"),
         ("evaluation.lr_milestones=[0.5,2]", "must be a list of fractions of training in [0, 1]"),
         ("seed=1.5", "seed=1.5 must be an integer >= 0"),
         ("seed=abc", "seed='abc' must be an integer >= 0"),

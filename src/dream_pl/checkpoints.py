@@ -4,7 +4,9 @@ A resumed run must be the run that wrote the checkpoint. The keys that fix tenso
 (:data:`IDENTITY`) are stored in every checkpoint and compared before anything is loaded: a mismatch would
 otherwise fail half-way with a size-mismatch traceback, or silently continue one run with another's
 settings. A checkpoint that cannot be read is reported with the ways on. Both checks only read: nothing
-in the run folder changes when they refuse.
+in the run folder changes when they refuse, and they read little: the checkpoint is memory-mapped, so only
+its zip directory and pickled structure (kilobytes) come from disk, not the synthetic set and the
+optimiser's buffers; Lightning alone reads the whole file, once, when the run resumes.
 """
 
 from __future__ import annotations
@@ -83,11 +85,16 @@ def other_checkpoints(path: Path) -> list[Path]:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's contents, or :class:`ResumeError` naming the file and the ways on."""
+    """The checkpoint's contents, memory-mapped, or :class:`ResumeError` naming the file and the ways on.
+
+    Its tensors stay on disk until touched: reading the run's config and keys costs the zip directory and
+    the pickle, whatever the size of the synthetic set. A truncated file has lost its zip directory (at the
+    end), so it is still found unreadable here.
+    """
     import torch  # only when a checkpoint is there: the config checks before it stay torch-free
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # truncated zip, pickle or I/O errors: every one means "cannot be read"
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         older = other_checkpoints(path)

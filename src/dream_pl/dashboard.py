@@ -12,8 +12,8 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from omegaconf import DictConfig, OmegaConf
 
+from dream_pl.cli import report_user_errors
 from dream_pl.config import ConfigError
-from dream_pl.launch import report_user_errors
 from dream_pl.runner import wandb_offline
 
 VIRIDIS = (("#440154", 0), ("#21918c", 50), ("#fde725", 100))

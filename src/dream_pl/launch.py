@@ -1,23 +1,24 @@
 """The command line's front door: bad input is refused in seconds, before Lightning loads or a folder appears.
 
 ``python -m dream_pl.train`` / ``dream_pl.evaluate`` compose every job's config as Hydra will (its compose
-API; a multirun's sweep expanded as Hydra's basic sweeper does), run the entry point's checks on each
-(values, the run folder, the checkpoint to resume from), and only then hand over to ``@hydra.main``. A
-rejected call prints one line, exits with status 2 and leaves nothing on disk; a job that fails after
-Hydra made its folder removes that folder again if nothing but Hydra's own files landed in it.
+API; a multirun's sweep expanded by Hydra's own override parser and basic sweeper), run the entry point's
+checks on each (values, the run folder, the checkpoint to resume from), and only then hand over to
+``@hydra.main``. A rejected call prints one line, exits with status 2 and leaves nothing on disk; a job
+that fails after Hydra made its folder removes that folder again if nothing but Hydra's own files landed
+in it.
 
 With ``out_dir`` set, Hydra's run folder *is* ``out_dir``: its ``.hydra/`` config and log sit beside the
-checkpoints and results they describe (an earlier attempt's ``.hydra/`` is kept as ``.hydra.<k>/``).
+checkpoints and results they describe (an earlier attempt's ``.hydra/`` is kept as ``.hydra.<k>/``). The
+folder's lock is taken before anything touches it (the history move, Hydra's files) and held through the
+job, so of two runs started together on one folder the second changes nothing in it.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,64 +26,21 @@ from typing import TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.checkpoints import check_resume
+from dream_pl.cli import (
+    USER_ERRORS,
+    check_out_dir,
+    launched_rank_zero,
+    output_dir,  # noqa: F401  (workflow.py's import until it takes it from dream_pl.cli)
+    report_user_errors,
+    say_error,
+)
 from dream_pl.config import CONF_DIR, ConfigError, check_overrides, validate, validate_eval
-from dream_pl.errors import UserError
 from dream_pl.runlock import LOCK_NAME, RunLock
 
 T = TypeVar("T")
-USER_ERRORS = (UserError, FileNotFoundError)  # FileNotFoundError: a path the user gave is not there
 HYDRA_FLAGS = ("-m", "--multirun")  # the only flags the pre-check understands; others go to Hydra alone
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by DDP launchers
 Preflight = Callable[[DictConfig, bool], Path | None]  # (job's config, multirun): its run folder if known
 _EXISTING: set[Path] = set()  # run folders that existed before this call: never removed on failure
-
-
-def launched_rank_zero() -> bool:
-    """Whether a launcher counts this process as rank 0 (or there is no launcher).
-
-    Lightning's DDP re-runs the command once per extra process (``LOCAL_RANK`` > 0); torchrun and SLURM
-    set ``RANK`` / ``SLURM_PROCID``. Only rank 0 checks, locks and keeps the history of the run folder.
-    """
-    return all(os.environ.get(key, "0") == "0" for key in RANK_VARIABLES)
-
-
-def report_user_errors(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a user error prints one line (no traceback) and exits with status 2."""
-    try:
-        return fn()
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def check_out_dir(path: Path, key: str = "out_dir") -> None:
-    """``path`` must be a folder, or creatable, and writable; checked without leaving anything behind."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={path} is a file; give a folder (it is created if missing)")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{key}={path} cannot be created: {probe} is a file")
-    try:
-        Path(tempfile.mkdtemp(dir=probe, prefix=".dream-pl-probe-")).rmdir()
-    except OSError as err:
-        raise ConfigError(f"{key}={path} cannot be written ({probe}: {err.strerror})") from None
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    """``cfg.out_dir`` if set, else Hydra's run directory (a job's own directory in a multirun); created."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if cfg.get("out_dir"):
-        path = Path(cfg.out_dir)
-    elif HydraConfig.initialized():
-        path = Path(HydraConfig.get().runtime.output_dir)
-    else:
-        raise ConfigError("out_dir is not set and no Hydra run directory exists; pass out_dir=<dir>")
-    check_out_dir(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def check_run_folder(cfg: DictConfig, multirun: bool) -> Path | None:
@@ -122,29 +80,30 @@ def preflight_evaluate(cfg: DictConfig, multirun: bool = False) -> Path | None:
 def job_overrides(argv: list[str]) -> tuple[list[list[str]], bool] | None:
     """Every job's overrides (a sweep expanded) and whether it is a multirun; None: leave it to Hydra.
 
-    Hydra's own options (``--cfg``, ``--help``, ``-cn`` ...) and its ``hydra.`` overrides are Hydra's
-    business; a call using the former is not pre-checked (each job still checks itself).
+    The sweep is expanded by Hydra's own parts, as a multirun will: its override parser, given the config
+    loader so ``glob(...)`` sees the config groups, and the basic sweeper's expansion (``hydra/sweeper``
+    is never changed by this project's configs). Hydra's own options (``--cfg``, ``--help``, ``-cn`` ...)
+    and its ``hydra.`` overrides are Hydra's business; a call using the former is not pre-checked (each
+    job still checks itself).
     """
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     multirun = any(arg in HYDRA_FLAGS for arg in argv)
     args = [arg for arg in argv if arg not in HYDRA_FLAGS]
     if any(arg.startswith("-") for arg in args):
         return None
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except Exception as err:  # Hydra's grammar errors: reported by the pre-check in one line
-        raise ConfigError(str(err).splitlines()[0]) from None
-    choices = []
-    for override in parsed:
-        if override.get_key_element().lstrip("+~").startswith("hydra"):
-            continue
-        if multirun and override.is_sweep_override():
-            key = override.get_key_element()
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([override.input_line])
-    return [list(job) for job in itertools.product(*choices)], multirun
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        try:
+            task = [o for o in parser.parse_overrides(args) if not o.is_hydra_override()]
+            if not multirun:
+                return [[o.input_line for o in task]], False
+            return BasicSweeper.split_arguments(task, max_batch_size=None)[0], True
+        except Exception as err:  # grammar errors, unsupported sweeps: reported by the pre-check in one line
+            raise ConfigError(str(err).splitlines()[0]) from None
 
 
 def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
@@ -159,7 +118,10 @@ def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
         unknown = re.match(r"Could not override '(.+)'", message)
         if unknown:
             raise unknown_key(config_name, overrides, unknown.group(1)) from None
-        raise ConfigError(message.splitlines()[0]) from None
+        said = message.splitlines()[0]
+        if said.startswith("Error merging override") and err.__cause__ is not None:  # a typed block's value
+            said += f": {str(err.__cause__).strip().splitlines()[0]}"
+        raise ConfigError(said) from None
 
 
 def unknown_key(config_name: str, overrides: list[str], key: str) -> ConfigError:
@@ -210,11 +172,14 @@ def discard_if_empty(folder: Path, up_to: Path | None = None, job_log: str = "")
     """Remove a run folder this call created and left with only Hydra's config and ``job_log`` in it.
 
     Its parents up to ``up_to`` (Hydra's log folder) go too when that leaves them empty. A folder that
-    existed before the call (an ``out_dir`` the user made) is never removed.
+    existed before the call (an ``out_dir`` the user made) or that another run holds is never removed; the
+    lock this process holds goes with the folder.
     """
-    if not folder.is_dir() or folder.resolve() in _EXISTING or (folder / LOCK_NAME).exists():
+    if not folder.is_dir() or folder.resolve() in _EXISTING:
         return
-    if any(not (e.name.startswith(".hydra") or e.name == job_log) for e in folder.iterdir()):
+    if (folder / LOCK_NAME).exists() and not RunLock(folder).held():
+        return
+    if any(not (e.name.startswith(".hydra") or e.name in (job_log, LOCK_NAME)) for e in folder.iterdir()):
         return
     shutil.rmtree(folder, ignore_errors=True)
     if up_to is None:
@@ -248,7 +213,7 @@ def run_job(cfg: DictConfig, fn: Callable[[], T]) -> T:
             try:
                 return fn()
             except USER_ERRORS as err:
-                print(f"error: {err}", file=sys.stderr)
+                say_error(err)
                 raise
         return report_user_errors(fn)
     except BaseException:
@@ -280,21 +245,42 @@ def follower_overrides(config_name: str, argv: list[str]) -> list[str]:
     return [*run_dir, "hydra.output_subdir=null", f"hydra.job.name={job}_rank{rank}"]
 
 
+def take_folder(folder: Path) -> RunLock:
+    """Create ``folder`` if needed and take its lock, for the job to join: the first change a run makes.
+
+    Raises:
+        RunLockedError: another run took it since the pre-check; the folder is left as that run has it.
+    """
+    if folder.exists():
+        _EXISTING.add(folder.resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(folder, joinable=True)
+    lock.acquire()
+    return lock
+
+
 def launch(config_name: str, preflight: Preflight, hydra_main: Callable[[], object]) -> None:
     """Pre-check ``sys.argv`` (every job), then run ``hydra_main`` in ``out_dir`` when it is set.
 
-    A DDP process other than rank 0 runs the command rank 0 already checked: straight to the job.
+    With ``out_dir`` set, its lock is taken before the earlier attempt's ``.hydra/`` moves and Hydra
+    writes, and held until the job ends; the job's own lock joins it (:class:`RunLock`). A DDP process
+    other than rank 0 runs the command rank 0 already checked: straight to the job.
     """
     if not launched_rank_zero():
         sys.argv += report_user_errors(lambda: follower_overrides(config_name, sys.argv[1:]))
         hydra_main()
         return
     folder = report_user_errors(lambda: preflight_all(config_name, sys.argv[1:], preflight))
-    if folder is None and started_together():
-        report_user_errors(lambda: follower_overrides(config_name, sys.argv[1:]))  # refuses without out_dir
-    if folder is not None:
-        if folder.exists():
-            _EXISTING.add(folder.resolve())
+    if folder is None:
+        if started_together():
+            report_user_errors(lambda: follower_overrides(config_name, sys.argv[1:]))  # refuses: no out_dir
+        hydra_main()
+        return
+    lock = report_user_errors(lambda: take_folder(folder))
+    try:
         keep_hydra_history(folder)
         sys.argv.append(f"hydra.run.dir={_hydra_override_value(folder.resolve())}")
-    hydra_main()
+        hydra_main()
+    finally:
+        discard_if_empty(folder)
+        lock.release()

@@ -18,8 +18,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
+from dream_pl.cli import report_user_errors
 from dream_pl.evaluation.sets import DISTILLED
-from dream_pl.launch import report_user_errors
 
 SEED_KEYS = ("seed",)
 

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from dream_pl.launch import launched_rank_zero
+from dream_pl.cli import launched_rank_zero
 
 log = logging.getLogger("dream_pl.runner")
 
