@@ -30,11 +30,10 @@ from dream_pl.cli import (
     USER_ERRORS,
     check_out_dir,
     launched_rank_zero,
-    output_dir,  # noqa: F401  (workflow.py's import until it takes it from dream_pl.cli)
     report_user_errors,
     say_error,
 )
-from dream_pl.config import CONF_DIR, ConfigError, check_overrides, validate, validate_eval
+from dream_pl.config import CONF_DIR, ConfigError, check_overrides, composition_error, validate, validate_eval
 from dream_pl.runlock import LOCK_NAME, RunLock
 
 T = TypeVar("T")
@@ -118,10 +117,7 @@ def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
         unknown = re.match(r"Could not override '(.+)'", message)
         if unknown:
             raise unknown_key(config_name, overrides, unknown.group(1)) from None
-        said = message.splitlines()[0]
-        if said.startswith("Error merging override") and err.__cause__ is not None:  # a typed block's value
-            said += f": {str(err.__cause__).strip().splitlines()[0]}"
-        raise ConfigError(said) from None
+        raise composition_error(err) from None
 
 
 def unknown_key(config_name: str, overrides: list[str], key: str) -> ConfigError:

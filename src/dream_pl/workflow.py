@@ -22,6 +22,7 @@ from torch import Tensor
 
 from dream_pl.callbacks import DiagnosticsHistograms, DistillProgressBar, PeriodicEvaluation, SyntheticExport
 from dream_pl.checkpoints import check_resume
+from dream_pl.cli import launched_rank_zero, output_dir
 from dream_pl.config import (
     ConfigError,
     check_keys,
@@ -45,7 +46,6 @@ from dream_pl.evaluation.sets import (
 )
 from dream_pl.evaluation.suite import evaluate_sets, network_for, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
-from dream_pl.launch import launched_rank_zero, output_dir
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runlock import RunLock
 from dream_pl.runner import make_loggers, plain_config
