@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from dream_pl.checkpoints import CONFIG_KEY, ResumeError, check_resume, identity_mismatch
 from dream_pl.cli import check_out_dir
 from dream_pl.config import CONF_DIR, ConfigError, check_top_keys, validate
+from dream_pl.files import atomic_torch_save
 from dream_pl.launch import (
     compose_job,
     discard_if_empty,
@@ -19,7 +20,7 @@ from dream_pl.launch import (
     preflight_train,
 )
 from dream_pl.runlock import LOCK_NAME
-from dream_pl.synthetic import SyntheticData, atomic_torch_save, save_synthetic
+from dream_pl.synthetic import SyntheticData, save_synthetic
 
 
 def test_a_sweep_expands_to_every_combination_as_hydras_basic_sweeper_does():
@@ -240,9 +241,9 @@ def test_a_missing_resume_file_is_named(tmp_path, compose_train):
 
 
 def test_results_are_written_readable_like_the_pngs(tmp_path, monkeypatch):
-    import dream_pl.synthetic
+    import dream_pl.files
 
-    monkeypatch.setattr(dream_pl.synthetic, "UMASK", 0o022)
+    monkeypatch.setattr(dream_pl.files, "UMASK", 0o022)
     atomic_torch_save({"a": 1}, tmp_path / "x.pt")
     save_synthetic(tmp_path / "s.pt", SyntheticData(torch.zeros(1, 1, 2, 2), torch.zeros(1).long()))
     assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o644

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dream_pl.files import atomic_torch_save
 from dream_pl.synthetic import (
     SyntheticData,
     SyntheticSet,
-    atomic_torch_save,
     decode,
     decode_classes,
     load_synthetic,

@@ -8,12 +8,10 @@ every crop back to full size, so one stored image trains as f^2 images.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.utils import save_image
 
 from dream_pl.errors import UserError
+from dream_pl.files import atomic_torch_save
 
 
 class NotASyntheticSetError(UserError):
@@ -141,39 +140,6 @@ class SyntheticData(Dataset):
         """Stored images per class."""
         classes = int(self.labels.max()) + 1
         return len(self.labels) // (classes * self.factor**2)
-
-
-def _read_umask() -> int:
-    """The process umask (read by setting it, then restoring it: done once, at import)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _read_umask()
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then ``os.replace``.
-
-    A crash never leaves half a file at ``path``, and a failed write leaves no temporary behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would hide results the PNGs beside them show
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_synthetic(path: str | Path, data: SyntheticData) -> None:

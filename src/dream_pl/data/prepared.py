@@ -26,7 +26,7 @@ import torch
 from rich.progress import Progress
 
 from dream_pl.data.specs import DatasetSpec
-from dream_pl.synthetic import atomic_write
+from dream_pl.files import atomic_write
 
 META = "meta.json"
 
