@@ -248,3 +248,15 @@ def test_results_are_written_readable_like_the_pngs(tmp_path, monkeypatch):
     save_synthetic(tmp_path / "s.pt", SyntheticData(torch.zeros(1, 1, 2, 2), torch.zeros(1).long()))
     assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "s.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_job_the_pre_check_validated_is_not_validated_again(tmp_path, monkeypatch):
+    """Validation runs once per job: the launcher's pre-check tells the job (``train(cfg, checked=...)``)."""
+    import dream_pl.launch as launch_module
+
+    monkeypatch.setattr(launch_module, "_CHECKED", [False])
+    assert not launch_module.prechecked()
+    assert launch_module.preflight_all("train", ["--cfg", "job"], preflight_train) is None  # Hydra's flag
+    assert not launch_module.prechecked()  # not checked: the job validates itself
+    launch_module.preflight_all("train", [f"out_dir={tmp_path / 'run'}"], preflight_train)
+    assert launch_module.prechecked()

@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dream_pl.launch import launch, preflight_evaluate, run_job
+from dream_pl.launch import launch, prechecked, preflight_evaluate, run_job
 
 
 def expand_model_list(argv: list[str]) -> list[str]:
@@ -34,7 +34,7 @@ def expand_model_list(argv: list[str]) -> list[str]:
 def _hydra_main(cfg: DictConfig) -> None:
     from dream_pl.workflow import evaluate  # Lightning: only once the config passed the pre-check
 
-    run_job(cfg, lambda: evaluate(cfg))
+    run_job(cfg, lambda: evaluate(cfg, checked=prechecked()))
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ T = TypeVar("T")
 HYDRA_FLAGS = ("-m", "--multirun")  # the only flags the pre-check understands; others go to Hydra alone
 Preflight = Callable[[DictConfig, bool], Path | None]  # (job's config, multirun): its run folder if known
 _EXISTING: set[Path] = set()  # run folders that existed before this call: never removed on failure
+_CHECKED: list[bool] = [False]  # whether this process's pre-check validated every job it will run
 
 
 def check_run_folder(cfg: DictConfig, multirun: bool) -> Path | None:
@@ -145,7 +146,16 @@ def preflight_all(config_name: str, argv: list[str], preflight: Preflight) -> Pa
             f"out_dir={fixed[0]} is shared by {len(fixed)} jobs of this multirun; leave out_dir unset "
             "(each job gets its own folder under hydra.sweep.dir) or sweep it"
         )
+    _CHECKED[0] = True
     return None if multirun or not fixed else fixed[0]
+
+
+def prechecked() -> bool:
+    """Whether the pre-check already validated this process's jobs, so a job need not validate again.
+
+    False where it could not (Hydra's own flags such as ``--cfg``) and in a DDP follower process.
+    """
+    return _CHECKED[0]
 
 
 def keep_hydra_history(folder: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dream_pl.launch import launch, preflight_train, run_job
+from dream_pl.launch import launch, prechecked, preflight_train, run_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -18,7 +18,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from dream_pl.workflow import train
 
     try:
-        metrics = run_job(cfg, lambda: train(cfg))
+        metrics = run_job(cfg, lambda: train(cfg, checked=prechecked()))
     finally:
         close_wandb()
     value = metrics.get(cfg.get("optimized_metric", ""), None)

@@ -275,12 +275,14 @@ def start_processes(cfg: DictConfig) -> None:
     ).launch()
 
 
-def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
+def evaluate(cfg: DictConfig, *, checked: bool = False) -> list[dict[str, Any]]:
     """Resolve the set(s), evaluate them, write ``eval.json`` (the output folder locked meanwhile).
 
-    With ``trainer=ddp`` the evaluations are dealt out over the processes; rank 0 locks and writes.
+    ``checked``: the command line's pre-check already validated this job's config. With ``trainer=ddp``
+    the evaluations are dealt out over the processes; rank 0 locks and writes.
     """
-    validate_eval(cfg)
+    if not checked:
+        validate_eval(cfg)
     check_trainer_keys(cfg)
     out = output_dir(cfg)
     first = launched_rank_zero()
