@@ -1,12 +1,16 @@
-"""A tiny real multirun over two N values on mnist_5k, then its report."""
+"""A sweep's report: grouping and tables on given jobs; a tiny real multirun over two N values (slow tier)."""
 
+import json
 import os
 import subprocess
 import sys
 
-from dream_pl.report import markdown, report, summarize
+import pytest
+
+from dream_pl.report import markdown, read_job, report, summarize
 
 
+@pytest.mark.slow
 def test_tiny_multirun_over_two_n_values_reports_both_rows(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [
@@ -56,3 +60,44 @@ def test_summary_groups_seeds_and_draws_a_heatmap(tmp_path):
     from dream_pl.report import heatmap
 
     assert heatmap(swept, rows, tmp_path / "h.png").stat().st_size > 0
+
+
+def fake_job(folder, overrides: list[str], acc: float | None, attempts: list[list[tuple[int, float]]] = ()):
+    """A multirun job folder as a run leaves it: Hydra's overrides, eval.json, one CSV per attempt."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if acc is not None:
+        rows = [
+            {"model": "convnet", "set": "distilled", "mean": acc},
+            {"model": "convnet", "set": "x", "mean": 1},
+        ]
+        (folder / "eval.json").write_text(json.dumps(rows))
+    names = [f"metrics.{k}.csv" for k in range(1, len(attempts))] + ["metrics.csv"]
+    for name, points in zip(names, attempts, strict=False):
+        (folder / "csv").mkdir(exist_ok=True)
+        lines = ["iteration,eval/convnet/acc,step"] + [f"{it},{a},{it * 2}" for it, a in points]
+        (folder / "csv" / name).write_text("\n".join(lines) + "\n")
+
+
+def test_report_of_a_multirun_folder_groups_seeds_and_reads_every_attempts_curve(tmp_path):
+    fake_job(tmp_path / "0", ["sampler.n_clusters=8", "seed=0"], 50.0, [[(0, 10.0), (1, 20.0)], [(1, 30.0)]])
+    fake_job(tmp_path / "1", ["sampler.n_clusters=8", "seed=1"], 54.0)
+    fake_job(tmp_path / "2", ["sampler.n_clusters=16", "seed=0"], 60.0, [[(0, 12.0), (1, 40.0)]])
+    fake_job(tmp_path / "3", ["sampler.n_clusters=32", "seed=0"], None)  # unfinished: no eval.json
+    text = report(tmp_path)
+    assert "3 jobs, mean ± std over seeds" in text
+    assert "| sampler.n_clusters | seeds | top-1 (%) |" in text
+    assert "\n| 8 | 2 | 52.0 ± 2.0 |" in text
+    assert "\n| 16 | 1 | 60.0 ± 0.0 |" in text
+    assert "| 32 |" not in text
+    assert (tmp_path / "report.md").read_text() == text
+    assert (tmp_path / "curves.png").stat().st_size > 0  # periodic evaluation was on
+    assert not (tmp_path / "heatmap.png").exists()  # one swept key: no grid
+    job = read_job(tmp_path / "0")
+    assert job["curve"] == [(0.0, 10.0), (1.0, 30.0)]  # the resumed attempt's point wins
+    assert job["acc"] == {"convnet": 50.0}
+
+
+def test_report_of_a_folder_without_finished_jobs_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished jobs"):
+        report(tmp_path)

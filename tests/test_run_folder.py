@@ -1,22 +1,23 @@
 """The run folder through the command line: one run at a time, every attempt kept, refusals change nothing.
 
-Two real runs start when the module's first test asks: ``history`` (finished, with periodic checkpoints
-and CSV metrics: later calls act on copies of it) and ``holder`` (long enough to still be running when a
-second run asks for its folder). Each refusal is checked to leave the folder's files byte for byte as
-they were.
+A real run starts when the module's first test asks: ``history`` (finished, with periodic checkpoints
+and CSV metrics: later calls act on copies of it). A second, ``holder``, is paused while it holds its folder
+so that another run asks for the folder meanwhile. Each refusal is checked to leave the folder's files
+byte for byte as they were. Every test starts real trainings: the slow tier.
 """
 
 import hashlib
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from clitools import HANG_S, Commands, assert_one_line_error
+from clitools import Commands, assert_one_line_error
 
 from dream_pl.runlock import LOCK_NAME
 from dream_pl.synthetic import load_synthetic
+
+pytestmark = pytest.mark.slow
 
 TRAIN, EVALUATE = "dream_pl.train", "dream_pl.evaluate"
 BASE = ("debug=fdr", "ipc=1", "model.width=8", "sampler.n_clusters=16")  # 2 inner steps per outer iteration
@@ -27,8 +28,6 @@ HISTORY = (*BASE, "iterations=2", "distill.save_every=1", "logger=csv")  # check
 def runs(tmp_path_factory) -> Commands:
     cmds = Commands(tmp_path_factory.mktemp("folders"))
     cmds.start("history", TRAIN, *HISTORY, f"out_dir={cmds.root / 'history'}")
-    holder = (*BASE, "iterations=40", "distill.inner_loops=4", "evaluation.enabled=false")
-    cmds.start("holder", TRAIN, *holder, f"out_dir={cmds.root / 'shared'}")
     yield cmds
     cmds.stop()
 
@@ -63,18 +62,23 @@ def test_a_finished_run_folder_holds_config_log_checkpoints_and_readable_results
 
 
 def test_second_run_on_a_busy_folder_refuses_and_the_first_finishes_intact(runs):
+    """The first run is stopped (SIGSTOP) once it says it is distilling, so it holds the folder for as long
+    as the second takes to be refused, however fast either is; then it goes on and finishes."""
     shared = runs.root / "shared"
-    deadline = time.monotonic() + HANG_S
-    while not (shared / LOCK_NAME).exists():
-        assert time.monotonic() < deadline, "the first run never took its lock"
-        assert runs.result_if_done("holder") is None, runs.result("holder").stderr[-3000:]
-        time.sleep(0.2)
-    runs.start("intruder", TRAIN, *BASE, "seed=1", f"out_dir={shared}")
-    assert_one_line_error(runs.result("intruder"), str(shared), "in use by another run")
-    first = runs.result("holder")
-    assert first.returncode == 0, first.stderr[-3000:]
+    holder = (*BASE, "iterations=2", "distill.save_every=1", "evaluation.enabled=false")
+    first = runs.start_watched("holder", TRAIN, *holder, f"out_dir={shared}")
+    try:
+        assert first.wait_for("distilling on"), runs.result("holder").stderr[-3000:]
+        first.pause()
+        assert (shared / LOCK_NAME).is_file()
+        runs.start("intruder", TRAIN, *BASE, "seed=1", f"out_dir={shared}")
+        assert_one_line_error(runs.result("intruder"), str(shared), "in use by another run")
+    finally:
+        first.resume()
+    done = runs.result("holder")
+    assert done.returncode == 0, done.stderr[-3000:]
     names = sorted(p.name for p in (shared / "checkpoints").iterdir())
-    assert names == ["last.ckpt", "step-160.ckpt"]  # no last-v1.ckpt beside them
+    assert names == ["last.ckpt", "step-2.ckpt", "step-4.ckpt"]  # no last-v1.ckpt beside them
     assert load_synthetic(shared).config["seed"] == 0  # the first run's set, not the intruder's
     assert not (shared / LOCK_NAME).exists()
 

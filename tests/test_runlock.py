@@ -3,8 +3,7 @@
 import json
 import os
 import socket
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,11 +24,17 @@ def test_second_holder_is_refused_with_one_line_naming_the_first(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()  # released
 
 
+def pid_that_cannot_exist() -> int:
+    """A pid above the kernel's largest: no process has it, now or later (a finished child's may be reused).
+
+    Linux's pid_max is at most 2**22 (PID_MAX_LIMIT); elsewhere that bound is above any pid as well.
+    """
+    pid_max = Path("/proc/sys/kernel/pid_max")
+    return (int(pid_max.read_text()) if pid_max.is_file() else 2**22) + 1
+
+
 def test_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    stale = {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "2026-01-01 00:00:00"}
+    stale = {"host": socket.gethostname(), "pid": pid_that_cannot_exist(), "started": "2026-01-01 00:00:00"}
     (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
     with caplog.at_level("WARNING"), RunLock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()

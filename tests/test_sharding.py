@@ -3,6 +3,10 @@
 The two runs are compared with one thread per process (``OMP_NUM_THREADS=1``): a different thread count
 changes float reduction order, which can flip which image is nearest a K-means centre; with equal thread
 counts the sharded run equals the single-process run bit for bit.
+
+The default tier keeps one multi-process check (the class rows gathered over two gloo processes); the
+trainings over several processes are the slow tier's. The module imports no Lightning at the top: a
+spawned process imports it again to find its function.
 """
 
 import csv
@@ -16,10 +20,8 @@ import pytest
 import torch
 from clitools import HANG_S
 
-from dream_pl.data import RealSet, load_dataset
 from dream_pl.sharding import Shard, owned_classes
 from dream_pl.synthetic import load_synthetic
-from dream_pl.workflow import build_module
 
 RUN = (
     "ipc=1",
@@ -110,6 +112,9 @@ def _two_classes(rank: int, world: int, init: str, results: Path) -> None:
     import torch.distributed as dist
     from conftest import tiny_train_config
 
+    from dream_pl.data import RealSet, load_dataset
+    from dream_pl.workflow import build_module
+
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -142,6 +147,7 @@ def _two_classes(rank: int, world: int, init: str, results: Path) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_more_processes_than_classes_one_holds_none_and_rank_0_gathers_the_whole_set(tmp_path):
     """Two classes on three processes: rank 2 holds no image, takes zero steps and still joins every
     collective; rank 0's checkpoint and export hold both classes' images and momentum, as one process's."""
@@ -167,6 +173,7 @@ def diagnostics(out: Path) -> list[float]:
     return [float(r["distill/diag/mmd_selected"]) for r in rows if r.get("distill/diag/mmd_selected")]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_images_and_resume_on_one(tmp_path):
     """Bit for bit with every network update computed whole on every process (shard_net_update=false)."""
     logged = (
@@ -205,6 +212,7 @@ def net_losses(out: Path) -> list[float]:
     return [float(r["distill/net_loss"]) for r in rows if r.get("distill/net_loss")]
 
 
+@pytest.mark.slow
 def test_network_updates_split_over_two_processes_match_one_process(tmp_path):
     """shard_net_update (the default): each process computes every 2nd row of a network update and the
     gradients are summed; equal to one process up to floating-point order. Random matching batches and
@@ -221,6 +229,7 @@ def test_network_updates_split_over_two_processes_match_one_process(tmp_path):
     assert net_losses(tmp_path / "two") == pytest.approx(net_losses(tmp_path / "one"), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_the_evaluation_is_dealt_over_processes_and_equals_one_processes(tmp_path):
     """The (architecture, set) pairs are dealt out and gathered: the one-process rows, accuracy for accuracy.
 
@@ -239,6 +248,7 @@ def test_the_evaluation_is_dealt_over_processes_and_equals_one_processes(tmp_pat
     assert (tmp_path / "two" / "csv" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_dream_pl_evaluate_over_two_processes_equals_one(tmp_path):
     """``dream_pl.evaluate trainer=ddp``: the (architecture, set) pairs dealt over 2 processes started by
     Lightning Fabric; eval.json equals the one-process file accuracy for accuracy, rank 0 alone writes it."""
