@@ -25,7 +25,7 @@ install-gpu:  ## same, with faiss-gpu instead of faiss-cpu
 demo: install  ## quick start: distil mnist_5k at IPC 1 on the CPU, evaluate vs random real images
 	$(PY) -m dream_pl.train experiment=quickstart
 
-test: install  ## default test suite (fast tier, < 10 min on 2 CPU cores)
+test: install  ## default test suite (fast tier, < 5 min on 2 CPU cores)
 	$(PY) -m pytest -q
 
 test-full: install  ## every test, slow tier included

@@ -57,7 +57,7 @@ log = logging.getLogger("dream_pl.workflow")
 
 
 def build_sampler(node: DictConfig) -> Sampler:
-    """The ``sampler`` block's sampler; its ``interval`` belongs to the clustering callback, not to it."""
+    """The ``sampler`` block's sampler; its ``interval`` is the engine's (when to re-select)."""
     knobs = OmegaConf.to_container(node, resolve=True)
     knobs.pop("interval", None)
     return instantiate(knobs)

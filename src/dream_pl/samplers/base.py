@@ -17,7 +17,7 @@ class Sampler(ABC):
     """Gives, for class ``c``, the within-class indices of the real batch to match against.
 
     ``selects`` says whether the sampler holds a selection that :meth:`refresh` recomputes; when to
-    refresh is decided by the clustering callback alone (``sampler.interval`` in the config).
+    refresh is decided by the engine alone (every ``sampler.interval`` inner steps).
     """
 
     selects: bool = False
