@@ -382,6 +382,14 @@ def test_validate_rejects_values_of_the_wrong_type(compose_train, override, name
         assert name in str(err.value)
 
 
+def test_a_part_given_a_value_of_the_wrong_kind_is_refused_in_one_line(compose_train):
+    """A size that is no integer is named before the sampler meets it; a part that cannot be built says so."""
+    with pytest.raises(ConfigError, match=r"sampler\.n_clusters='abc' must be an integer >= 1"):
+        validate(with_values(compose_train([]), "sampler.n_clusters=abc"))
+    with pytest.raises(ConfigError, match=r"matcher\.metric=3 is not one of mse, l1, l1_mean, cos"):
+        validate(with_values(compose_train([]), "matcher.metric=3"))
+
+
 @pytest.mark.parametrize(
     ("override", "names"),
     [

@@ -189,14 +189,23 @@ def check_blocks(cfg: DictConfig) -> None:
             f"sampler.interval is missing: {cfg.sampler._target_.rsplit('.', 1)[-1]} re-selects its batches "
             "at clustering events and needs the number of inner steps between them (I_int, paper: 10)"
         )
+
+
+def build_parts(cfg: DictConfig) -> None:
+    """Build the matcher, sampler and initialiser once (cheap, no data): each refuses its own bad values.
+
+    Runs after the sizes were checked to be integers, so what a constructor meets is its own kind of value.
+    """
     sampler = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if k != "interval"}
-    for node in (cfg.matcher, sampler, cfg.init):
+    for name, node in (("matcher", cfg.matcher), ("sampler", sampler), ("init", cfg.init)):
         try:
             instantiate(node)
-        except InstantiationException as err:  # Hydra's wrapper around the part's own ValueError
-            if not isinstance(err.__cause__, ValueError):
-                raise
-            raise ConfigError(str(err.__cause__).splitlines()[0]) from None
+        except InstantiationException as err:  # Hydra's wrapper around the part's own refusal
+            if isinstance(err.__cause__, ValueError):
+                raise ConfigError(str(err.__cause__).splitlines()[0]) from None
+            if isinstance(err.__cause__, TypeError):
+                raise ConfigError(f"the {name} block cannot be built: {err.__cause__}") from None
+            raise
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
@@ -309,6 +318,7 @@ def validate(cfg: DictConfig) -> None:
         "without a loss scaler (32-true, bf16-mixed, 16-true, 64-true)",
     )
     _validate_selection(cfg)
+    build_parts(cfg)
     validate_evaluation(cfg.evaluation)
 
 
