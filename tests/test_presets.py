@@ -244,8 +244,8 @@ def distill_runs(monkeypatch: pytest.MonkeyPatch) -> list[Run]:
     runs: list[Run] = []
     distill = dream_pl.workflow.distill
 
-    def recording(cfg: DictConfig) -> Run:
-        runs.append(distill(cfg))
+    def recording(cfg: DictConfig, **kwargs: bool) -> Run:
+        runs.append(distill(cfg, **kwargs))
         return runs[-1]
 
     monkeypatch.setattr(dream_pl.workflow, "distill", recording)
