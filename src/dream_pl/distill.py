@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dream_pl.checkpoints import CONFIG_KEY, ENGINE_KEY, gather_image_rows, keep_image_rows
-from dream_pl.data import RealSet
 from dream_pl.engine import Engine, eager
 from dream_pl.graphs import GraphRunner
-from dream_pl.samplers import Sampler
-from dream_pl.schemas import DistillConfig
 from dream_pl.sharding import Shard
 from dream_pl.synthetic import SyntheticData
 
@@ -42,32 +38,17 @@ class DistillModule(pl.LightningModule):
     """
 
     def __init__(
-        self,
-        *,
-        real: RealSet,
-        net_factory: Callable[[], nn.Module],
-        matcher: Callable[..., Tensor],
-        sampler: Sampler,
-        initializer: Callable[..., Tensor],
-        cfg: DistillConfig,
-        interval: int | None = None,
-        diagnostics_every: int = 0,
-        dataset: str = "",
-        run_config: dict[str, Any] | None = None,
+        self, parts: dict[str, Any], *, dataset: str = "", run_config: dict[str, Any] | None = None
     ) -> None:
+        """Hold the engine's parts until :meth:`build`.
+
+        ``parts``: the :class:`Engine`'s keyword arguments (``workflow.engine_parts``) but its collectives and
+        runner, which depend on the processes and the device.
+        """
         super().__init__()
         self.automatic_optimization = False
-        self.parts = {
-            "real": real,
-            "net_factory": net_factory,
-            "matcher": matcher,
-            "sampler": sampler,
-            "initializer": initializer,
-            "cfg": cfg,
-            "interval": interval,
-            "diagnostics_every": diagnostics_every,
-        }
-        self.cfg, self.dataset = cfg, dataset
+        self.parts = dict(parts)
+        self.cfg, self.dataset = parts["cfg"], dataset
         self.run_config = run_config or {}  # stored in checkpoints and exports: what resume checks against
         self.engine: Engine | None = None
         self.register_buffer("initialized", torch.tensor(False))

@@ -206,7 +206,7 @@ class Engine:
                 self.image_opt.step()
         apply()  # a process holding no class steps too (the empty pass's zero gradient): state to gather
         images.grad = None
-        return self._every_class(owned, losses)
+        return self._every_class(losses)
 
     def _matched(self, real_idx: Tensor, classes: list[int]) -> tuple[Tensor, Tensor]:
         """Losses and image gradient of ``classes``.
@@ -359,6 +359,7 @@ class Engine:
         self.sampler.to(device)
         self._gens = {c: torch.Generator(device=device) for c in self.shard.classes}
         self._net_gen = torch.Generator(device=device)
+        self._owned_rows = torch.tensor(self.shard.classes, dtype=torch.long, device=device)  # into [K]
         # every process starts from rank 0's network (replicated work may differ in the last bit)
         self.shard.broadcast_([p.data for p in self.net.parameters()])
 
@@ -420,11 +421,11 @@ class Engine:
         self.sampler.load_state_dict(state["sampler"])
 
     # ---------------------------------------------------------------- plumbing
-    def _every_class(self, owned: list[int], losses: list[Tensor]) -> Tensor:
+    def _every_class(self, losses: list[Tensor]) -> Tensor:
         """Every class's loss ([K]): this process's, plus (classes sharded) the other processes'."""
         per_class = torch.zeros(self.real.num_classes, device=self.device, dtype=self.synthetic.images.dtype)
         if losses:
-            per_class[torch.tensor(owned, device=self.device)] = torch.stack(losses).to(per_class.dtype)
+            per_class[self._owned_rows] = torch.stack(losses).to(per_class.dtype)
         return self.shard.sum_(per_class)
 
     def _check_finite(self, classes: list[int], losses: list[Tensor], step: int) -> None:

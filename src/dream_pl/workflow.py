@@ -80,7 +80,7 @@ def engine_parts(cfg: DictConfig, real: RealSet, spec: DatasetSpec) -> dict[str,
 def build_module(cfg: DictConfig, real: RealSet, spec: DatasetSpec) -> DistillModule:
     """The Lightning module around the engine a run of ``cfg`` distils with."""
     return DistillModule(
-        **engine_parts(cfg, real, spec), dataset=cfg.dataset.name, run_config=plain_config(cfg)
+        engine_parts(cfg, real, spec), dataset=cfg.dataset.name, run_config=plain_config(cfg)
     )
 
 
@@ -142,7 +142,7 @@ def check_trainer_keys(cfg: DictConfig) -> None:
     Checked in the job before any data is read: Lightning is imported here anyway, not in the pre-check.
     """
     accepted = inspect.signature(pl.Trainer.__init__).parameters
-    check_keys("trainer", cfg.trainer, [*accepted, "_target_", "matmul_precision", "strategy"])
+    check_keys("trainer", cfg.trainer, [*accepted, "_target_", "matmul_precision"])
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
