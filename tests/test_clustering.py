@@ -48,7 +48,7 @@ def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_selects_the_points_at_the_true_centres(backend):
     x, _, at_centre = blobs()
     # k-means++ starts are what recovers well-separated blobs (DREAM's default, uniform starts, can merge two)
-    picked = select_representatives(x, 5, 1, backend=backend, seed=0, init="kmeans++")
+    picked, _ = select_representatives(x, 5, 1, backend=backend, seed=0, init="kmeans++")
     assert sorted(picked.tolist()) == sorted(at_centre.tolist())
 
 
@@ -66,7 +66,7 @@ def test_kmeans_recovers_the_blobs(backend):
 def test_n_per_cluster_bookkeeping_matches_brute_force():
     x, _, _ = blobs(2, mirrored=False)
     n = 3
-    picked = select_representatives(x, 5, n, backend="torch", seed=4, init="kmeans++")
+    picked, _ = select_representatives(x, 5, n, backend="torch", seed=4, init="kmeans++")
     result = kmeans(x, 5, backend="torch", seed=4, init="kmeans++")
     assert picked.shape == (5 * n,)
     assert len(set(picked.tolist())) == 5 * n
@@ -209,8 +209,8 @@ def test_cuda_torch_backend_matches_cpu(init):
     assert gpu.centroids.is_cuda
     assert same_partition(gpu.assign.cpu(), cpu.assign)
     assert gpu.iterations == cpu.iterations
-    picked = select_representatives(x.cuda(), 5, 1, backend="auto", seed=0, init=init)
-    assert sorted(picked.tolist()) == sorted(select_representatives(x, 5, 1, seed=0, init=init).tolist())
+    picked, _ = select_representatives(x.cuda(), 5, 1, backend="auto", seed=0, init=init)
+    assert sorted(picked.tolist()) == sorted(select_representatives(x, 5, 1, seed=0, init=init)[0].tolist())
     (batched,) = batched_kmeans(x.cuda()[None], 5, seeds=[0], init=init)
     assert same_partition(batched.assign.cpu(), cpu.assign)
     if init == "kmeans++":

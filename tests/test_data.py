@@ -6,7 +6,6 @@ import hashlib
 import importlib.util
 import logging
 import struct
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -67,6 +66,7 @@ def test_get_spec_overrides_and_unknown_name():
 
 def test_mnist_5k_shapes_and_stratified_split(mnist_5k):
     assert mnist_5k.train_images.shape == (4000, 1, 28, 28)
+    assert min(mnist_5k.train_labels.bincount().tolist()) == get_spec("mnist_5k").smallest_class
     assert mnist_5k.test_images.shape == (1000, 1, 28, 28)
     assert mnist_5k.train_images.dtype == mnist_5k.test_images.dtype == torch.uint8
     assert mnist_5k.train_labels.dtype == torch.int64
@@ -99,15 +99,14 @@ def test_mnist_5k_is_deterministic_and_leaves_global_rng_alone(mnist_5k):
 
 
 @needs_fashion
-def test_fashion_mnist_found_in_system_root_quickly():
-    start = time.perf_counter()
+def test_fashion_mnist_found_in_system_root():
     data = load_dataset("fashion_mnist", download=False)
-    assert time.perf_counter() - start < 5.0
     assert data.source == str(FASHION_DIR)
     assert data.train_images.shape == (60000, 1, 28, 28)
     assert data.test_images.shape == (10000, 1, 28, 28)
     assert data.train_labels.bincount().tolist() == [6000] * 10
     assert data.test_labels.bincount().tolist() == [1000] * 10
+    assert get_spec("fashion_mnist").smallest_class == 6000  # what the pre-check refuses sizes against
     # Labels against a direct read of the file: 8-byte header, then one byte per label.
     raw = gzip.decompress((FASHION_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
     assert data.test_labels.tolist() == list(raw[8:])

@@ -317,7 +317,7 @@ def select_representatives(
     seed: int = 0,
     max_iter: int = 100,
     init: str = "random",
-) -> Tensor:
-    """Indices [n_clusters * n_per_cluster] of x: [M, D], one block per K-means centre."""
+) -> tuple[Tensor, int]:
+    """Indices [n_clusters * n_per_cluster] of x: [M, D], one block per K-means centre; Lloyd iterations."""
     result = kmeans(x, n_clusters, backend=backend, seed=seed, max_iter=max_iter, init=init)
-    return nearest_to_centres(x, result.centroids, n_per_cluster).flatten()
+    return nearest_to_centres(x, result.centroids, n_per_cluster).flatten(), result.iterations

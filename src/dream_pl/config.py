@@ -1,11 +1,13 @@
 """The config layer: the blocks' schemas, registered with Hydra, and the checks composition cannot make.
 
-The ``distill`` and ``evaluation`` blocks are structured configs (their schemas derive from the dataclasses
-the code reads, :mod:`dream_pl.schemas`), so Hydra refuses an unknown key or a wrong type while composing.
-A part built from a ``_target_`` (matcher, sampler, initialiser) checks its own arguments: :func:`validate`
-builds it (no data needed) and reports its refusal. What remains here is what neither can know: ranges of
-the loop's numbers, cross-field rules, names that live in registries, and (:func:`validate_against_data`)
-sizes that depend on the dataset. Every refusal is one line naming the bad value and what is allowed.
+Every block the loop reads is a structured config, so Hydra refuses an unknown key or a wrong type while
+composing: ``distill`` and ``evaluation`` derive from the dataclasses the code reads (:mod:`.schemas`), the
+matcher, sampler and initialiser options from their constructors' signatures (hydra-zen's ``builds``). A part
+also checks its own values: :func:`validate` builds it (no data needed) and reports its refusal. What remains
+here is what neither can know: ranges of the loop's numbers, cross-field rules, names that live in
+registries, and (:func:`validate_against_data`) sizes that depend on the dataset, checked before the data
+loads where the dataset fixes its class sizes. Every refusal is one line naming the bad value and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
+from hydra_zen import builds
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
@@ -30,7 +33,10 @@ from dream_pl.data.specs import spec_for
 from dream_pl.errors import UserError
 from dream_pl.features import FEATURE_INPUTS
 from dream_pl.graphs import COMPILE_MODES
+from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
+from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.models import check_model, list_models, model_options
+from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
 from dream_pl.schemas import IMAGE_STEPS, DistillConfig, EvalProtocol
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -85,9 +91,31 @@ EvaluationSchema = block_schema(
         ("periodic", PeriodicSchema, field(default_factory=PeriodicSchema)),
     ],
 )
-_store = ConfigStore.instance()  # conf/train.yaml and conf/evaluation/default.yaml merge onto these
+PARTS = {  # the parts the group options build; each option's yaml merges onto its target's schema
+    "matcher": (GradientMatcher, DistributionMatcher),
+    "sampler": (RandomSampler, RepresentativeSampler, HerdingSampler, KCenterSampler),
+    "init": (KMeansInit, RandomRealInit, NoiseInit),
+}
+
+
+def part_schema(target: type) -> type:
+    """A part's block schema: its constructor's keywords (hydra-zen ``builds``).
+
+    A selecting sampler's block also holds ``interval``, which the engine reads (when to re-select) and the
+    constructor never sees.
+    """
+    schema = builds(target, populate_full_signature=True)
+    if not getattr(target, "selects", False):
+        return schema
+    return make_dataclass(target.__name__, [("interval", int, field(default=MISSING))], bases=(schema,))
+
+
+_store = ConfigStore.instance()  # the yaml blocks merge onto these (their `defaults` name them)
 _store.store(group="schemas", name="distill", node=DistillSchema)
 _store.store(group="schemas", name="evaluation", node=EvaluationSchema)
+for _group, _targets in PARTS.items():
+    for _target in _targets:
+        _store.store(group=f"schemas/{_group}", name=_target.__name__, node=part_schema(_target))
 
 
 def check_keys(name: str, node: DictConfig, allowed: Iterable[str]) -> None:
@@ -320,6 +348,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_selection(cfg)
     build_parts(cfg)
     validate_evaluation(cfg.evaluation)
+    smallest = dataset_spec(cfg.dataset).smallest_class
+    if smallest is not None:  # the dataset fixes its class sizes: the data checks need no data
+        validate_against_data(cfg, [smallest])
 
 
 PER_CLASS_SHARDED = (  # refused before work (validate) and by a module meeting a process group (prepare)
@@ -446,6 +477,19 @@ def validate_eval(cfg: DictConfig) -> None:
             f"synthetic={target} does not exist; give a synthetic.pt, a run directory, "
             f"or one of {', '.join(BASELINES)}"
         )
+    smallest = dataset_spec(cfg.dataset).smallest_class
+    if target in BASELINES and smallest is not None:
+        check_baseline_ipc(cfg, smallest)
+
+
+def check_baseline_ipc(cfg: DictConfig, smallest: int) -> None:
+    """``dream_pl.evaluate synthetic=<baseline>``: a subset baseline takes at most the smallest class."""
+    target = str(cfg.synthetic)
+    _require(
+        target == "whole" or cfg.ipc <= smallest,
+        f"ipc={cfg.ipc} is too large for the {target} baseline: the smallest class of "
+        f"{cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}",
+    )
 
 
 def validate_against_data(cfg: DictConfig, class_sizes: list[int]) -> None:

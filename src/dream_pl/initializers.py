@@ -60,7 +60,7 @@ class KMeansInit:
         picks = {}
         for c in range(real.num_classes) if classes is None else classes:
             features = embed_class(net, real, c, chunk=self.embed_chunk, inputs=self.features)
-            picks[c] = select_representatives(
+            picks[c], _ = select_representatives(
                 features,
                 k,
                 1,

@@ -24,7 +24,7 @@ from dream_pl.callbacks import DiagnosticsHistograms, DistillProgressBar, Period
 from dream_pl.checkpoints import check_resume
 from dream_pl.cli import launched_rank_zero, output_dir
 from dream_pl.config import (
-    ConfigError,
+    check_baseline_ipc,
     check_keys,
     from_block,
     protocol_from,
@@ -239,12 +239,7 @@ def evaluation_sets(cfg: DictConfig, real: RealData) -> dict[str, tuple[Tensor, 
     """The sets ``dream_pl.evaluate`` trains on: a baseline, or a saved set beside random real images."""
     target = str(cfg.synthetic)
     if target in BASELINES:
-        smallest = min(RealSet.from_data(real, "train").class_sizes)
-        if target != "whole" and cfg.ipc > smallest:
-            raise ConfigError(
-                f"ipc={cfg.ipc} is too large for the {target} baseline: the smallest class of "
-                f"{cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}"
-            )
+        check_baseline_ipc(cfg, min(RealSet.from_data(real, "train").class_sizes))
         net = network_for(cfg, real.spec)()
         return {baseline_label(target, cfg.ipc): baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)}
     synthetic = load_set(target, real)

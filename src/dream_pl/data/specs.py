@@ -21,6 +21,8 @@ class DatasetSpec:
         num_classes: Number of classes K; labels are 0..K-1.
         mean: Per-channel mean of pixels in [0, 1].
         std: Per-channel standard deviation of pixels in [0, 1].
+        smallest_class: Training images in the smallest class, where the dataset fixes it (None where
+            its options choose the images, or unrecorded): lets sizes be refused before the data loads.
     """
 
     name: str
@@ -29,6 +31,7 @@ class DatasetSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    smallest_class: int | None = None
 
 
 _MNIST_STATS = ((0.1307,), (0.3081,))
@@ -40,13 +43,13 @@ _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("mnist_5k", 1, 28, 10, *_MNIST_STATS),
-        DatasetSpec("mnist", 1, 28, 10, *_MNIST_STATS),
-        DatasetSpec("fashion_mnist", 1, 28, 10, *_FASHION_STATS),
+        DatasetSpec("mnist_5k", 1, 28, 10, *_MNIST_STATS, smallest_class=400),  # 4,000 train, stratified
+        DatasetSpec("mnist", 1, 28, 10, *_MNIST_STATS, smallest_class=5421),  # the digit 5
+        DatasetSpec("fashion_mnist", 1, 28, 10, *_FASHION_STATS, smallest_class=6000),
         DatasetSpec("svhn", 3, 32, 10, *_SVHN_STATS),
-        DatasetSpec("cifar10", 3, 32, 10, *_CIFAR_STATS),
-        DatasetSpec("cifar100", 3, 32, 100, *_CIFAR_STATS),
-        DatasetSpec("tiny_imagenet", 3, 64, 200, *_IMAGENET_STATS),
+        DatasetSpec("cifar10", 3, 32, 10, *_CIFAR_STATS, smallest_class=5000),
+        DatasetSpec("cifar100", 3, 32, 100, *_CIFAR_STATS, smallest_class=500),
+        DatasetSpec("tiny_imagenet", 3, 64, 200, *_IMAGENET_STATS, smallest_class=500),
         # Size and class count depend on the chosen subset; see `get_spec` overrides.
         DatasetSpec("imagenet_subset", 3, 224, 10, *_IMAGENET_STATS),
         DatasetSpec("imagenet", 3, 64, 1000, *_IMAGENET_STATS),  # options: nclass (first N wnids), size

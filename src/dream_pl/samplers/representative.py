@@ -9,9 +9,8 @@ from dream_pl.clustering import (
     INITS,
     batched_kmeans,
     batched_nearest_to_centres,
-    kmeans,
-    nearest_to_centres,
     resolve_backend,
+    select_representatives,
 )
 from dream_pl.data import RealSet
 from dream_pl.samplers.base import SelectionSampler, batched_selection_quality, mean_stats
@@ -57,16 +56,16 @@ class RepresentativeSampler(SelectionSampler):
 
     def select(self, features: Tensor, *, seed: int) -> tuple[Tensor, dict[str, float]]:
         """K-means with N centres, then the n nearest images of each centre."""
-        result = kmeans(
+        chosen, iterations = select_representatives(
             features,
             self.n_clusters,
+            self.n_per_cluster,
             backend=self.backend,
             seed=seed,
             max_iter=self.max_iter,
             init=self.kmeans_init,
         )
-        chosen = nearest_to_centres(features, result.centroids, self.n_per_cluster).flatten()
-        return chosen, {"lloyd_iterations": float(result.iterations)}
+        return chosen, {"lloyd_iterations": float(iterations)}
 
     def refresh(
         self, net: nn.Module, real: RealSet, *, seed: int, classes: list[int] | None = None
@@ -80,15 +79,15 @@ class RepresentativeSampler(SelectionSampler):
         feats = [self.embed(net, real, c, cand) for c, cand in zip(classes, cands, strict=True)]
         stats: list[dict[str, float]] = []
         for group in _class_groups([f.shape for f in feats]):
+            xs, mask = _pad([feats[i] for i in group]), _mask([len(feats[i]) for i in group], probe.device)
             results = batched_kmeans(
-                _pad([feats[i] for i in group]),
+                xs,
                 self.n_clusters,
-                mask=_mask([len(feats[i]) for i in group], probe.device),
+                mask=mask,
                 max_iter=self.max_iter,
                 seeds=[derive(seed, "select", classes[i]) for i in group],
                 init=self.kmeans_init,
             )
-            xs, mask = _pad([feats[i] for i in group]), _mask([len(feats[i]) for i in group], probe.device)
             centroids = torch.stack([r.centroids for r in results])
             chosen = batched_nearest_to_centres(xs, centroids, self.n_per_cluster, mask).flatten(1)
             quality = batched_selection_quality(xs, mask, chosen)
