@@ -60,10 +60,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, tiny_
 
     original = Engine.train_network
 
-    def crash_at_step_3(self, step):
+    def crash_at_step_3(self, step, steps=None):
         if step == 3:
             raise Crash("simulated crash")
-        return original(self, step)
+        return original(self, step, steps)
 
     monkeypatch.setattr(Engine, "train_network", crash_at_step_3)
     with pytest.raises(Crash):

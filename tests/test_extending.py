@@ -12,4 +12,4 @@ def test_every_python_block_of_the_extension_guide_runs_in_order():
     namespace: dict = {"__name__": "extending_guide"}
     for block in blocks:
         exec(compile(block, str(GUIDE), "exec"), namespace)
-    assert {"LogitMatcher", "NearestToMeanSampler", "UntrainedNetworkEngine"} <= set(namespace)
+    assert {"LogitMatcher", "NearestToMeanSampler", "dm"} <= set(namespace)

@@ -37,10 +37,11 @@ from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
 from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.models import check_model, list_models, model_options
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
-from dream_pl.schemas import IMAGE_STEPS, DistillConfig, EvalProtocol
+from dream_pl.schemas import IMAGE_STEPS, LR_RULES, METHODS, NET_DATA, DistillConfig, EvalProtocol
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = (
+    "method",
     "dataset",
     "model",
     "matcher",
@@ -104,12 +105,21 @@ def part_schema(target: type) -> type:
     A selecting sampler's block also holds ``interval``, which the engine reads (when to re-select) and the
     constructor never sees.
     """
-    schema = builds(target, populate_full_signature=True)
+    schema = builds(target, populate_full_signature=True, zen_dataclass={"cls_name": target.__name__})
     if not getattr(target, "selects", False):
         return schema
     return make_dataclass(target.__name__, [("interval", int, field(default=MISSING))], bases=(schema,))
 
 
+DC_NET_EPOCHS = {1: 1, 10: 50, 20: 25, 30: 20, 40: 15, 50: 10}  # DC's get_loops: IPC -> inner_loop
+
+
+def dc_net_epochs(ipc: int) -> int | None:
+    """DC's epochs of network training between matches at ``ipc`` (None: DC states none for it)."""
+    return DC_NET_EPOCHS.get(ipc)
+
+
+OmegaConf.register_new_resolver("dc_net_epochs", dc_net_epochs, replace=True)  # conf/method/dc.yaml
 _store = ConfigStore.instance()  # the yaml blocks merge onto these (their `defaults` name them)
 _store.store(group="schemas", name="distill", node=DistillSchema)
 _store.store(group="schemas", name="evaluation", node=EvaluationSchema)
@@ -194,8 +204,12 @@ def check_schema_keys(name: str, node: DictConfig, schema: type) -> None:
 
 
 def composition_error(err: Exception) -> ConfigError:
-    """Hydra's refusal of an override, in one line: its own first line and its cause's (the type clash)."""
-    said = str(err).strip().splitlines()[0]
+    """Hydra's refusal of an override, in one line: its own first line and its cause's (the type clash).
+
+    A first line that ends in a colon (a config file's clash with a chosen option) takes its second.
+    """
+    lines = str(err).strip().splitlines()
+    said = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ is not None else ""
     return ConfigError(f"{said}: {cause}" if cause and cause not in said else said)
 
@@ -318,16 +332,9 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
     check_blocks(cfg)
     d = cfg.distill
-    for key in (
-        "factor",
-        "inner_loops",
-        "batch_real",
-        "batch_syn_max",
-        "n_data",
-        "save_every",
-        "lr_size_base",
-    ):
+    for key in ("factor", "inner_loops", "batch_real", "batch_syn_max", "save_every", "lr_size_base"):
         _require_int(f"distill.{key}", d[key])
+    _validate_method(cfg)
     for key in ("lr_img", "lr_net"):
         _require_number(f"distill.{key}", d[key], positive=True)
     for key in ("momentum_img", "momentum_net", "weight_decay_net"):
@@ -363,6 +370,34 @@ def sharded_trainer(cfg: DictConfig) -> bool:
     """Whether the ``trainer`` block runs several processes with classes (or evaluations) dealt out."""
     strategy = cfg.trainer.get("strategy")
     return OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("ClassShardedDDP")
+
+
+def _validate_method(cfg: DictConfig) -> None:
+    """The method's choices, and its network feed's size: the one its feed reads, the others null."""
+    d = cfg.distill
+    _check_choice("distill.method", d.method, METHODS)
+    _check_choice("distill.lr_rule", d.lr_rule, LR_RULES)
+    _check_choice("distill.net_data", d.net_data, NET_DATA)
+    _require_number("distill.warmup_epochs", d.warmup_epochs, positive=False)
+    used = {"real": "n_data", "synthetic": "net_epochs", "none": None}[d.net_data]
+    for key in ("n_data", "net_epochs"):
+        if key == used:
+            note = f" (distill.net_data={d.net_data} reads it)"
+            if key == "net_epochs" and d[key] is None:
+                stated = ", ".join(map(str, DC_NET_EPOCHS))
+                note += f"; DC states it for IPC {stated} only: set it for ipc={cfg.ipc}"
+            _require_int(f"distill.{key}", d[key], note=note)
+        else:
+            _require(
+                d[key] is None,
+                f"distill.{key}={d[key]!r} is not used by method={d.method} (distill.net_data={d.net_data}); "
+                f"allowed: null",
+            )
+    _require(
+        not (sharded_trainer(cfg) and d.net_data == "synthetic"),
+        "distill.net_data=synthetic trains the network on every class's images, which classes sharded over "
+        "processes (trainer=ddp) do not each hold; allowed with trainer=ddp: real, none",
+    )
 
 
 def _validate_selection(cfg: DictConfig) -> None:

@@ -1,12 +1,15 @@
 """The distillation loop, written once: DREAM's outer and inner iterations, with no Lightning in it.
 
-Each outer iteration draws a fresh matching network; each of its ``inner_loops`` inner iterations
+Each outer iteration draws a fresh matching network (DREAM+: trains it ``warmup_epochs`` on real data);
+each of its ``inner_loops`` inner iterations
 
 1. re-selects every class's real matching batch on the current network every ``interval`` inner steps
    (DREAM's clustering event; a random sampler has nothing to re-select),
 2. matches every class's synthetic images against its real batch under one shared DSA draw,
 3. steps the images (one joint step, or one after each class as the authors' code does),
-4. trains the matching network on random real batches (IDC: per-sample DSA and CutMix).
+4. trains the matching network, except after the outer iteration's last match (its network is discarded):
+   on random real batches (IDC, with per-sample DSA and CutMix), on the synthetic set (DC, DSA), or not at
+   all (DM); ``distill.net_data`` chooses the feed, so the methods share this one step.
 
 Every random draw comes from a generator seeded by (seed, step, purpose, class) (:mod:`dream_pl.seeding`)
 and is made on the device, and nothing in passes 2 and 4 reads a value back on the host: a resumed run
@@ -76,12 +79,22 @@ def position(step: int, inner_loops: int) -> tuple[int, int]:
     return divmod(step, inner_loops)
 
 
-def effective_lr_img(lr_img: float, ipc: int, size: int, size_base: int) -> float:
-    """IDC's image learning rate: ``lr_img * (ipc / 10) * (size / size_base)^2``.
+def effective_lr_img(
+    lr_img: float, ipc: int, size: int, size_base: int, *, rule: str = "idc", std: Tensor | None = None
+) -> float:
+    """The pixel-space image learning rate of ``lr_img`` under ``rule``.
+
+    ``idc``: IDC's ``lr_img * (ipc / 10) * (size / size_base)^2``. ``normalized``: DC, DSA and DM store
+    normalised images and step them at a constant ``lr_img``; the same step on pixels (``x = n * std +
+    mean``) takes ``lr_img * std^2`` (the mean of the channels' ``std^2``, which differ by < 3% on CIFAR).
 
     >>> round(effective_lr_img(1e-4, 10, 28, 32), 8)
     7.656e-05
+    >>> round(effective_lr_img(1.0, 10, 28, 28, rule="normalized", std=torch.tensor([0.5])), 4)
+    0.25
     """
+    if rule == "normalized":
+        return lr_img * float((std**2).mean())
     return lr_img * (ipc / 10) * (size / size_base) ** 2
 
 
@@ -126,8 +139,14 @@ class Engine:
         rows = len(self.shard.classes) * cfg.ipc
         images = torch.zeros(rows, channels, self.size, self.size)
         self.synthetic = SyntheticSet(images, real.num_classes, cfg.ipc, cfg.factor, self.shard.classes)
-        lr = effective_lr_img(cfg.lr_img, cfg.ipc, self.size, cfg.lr_size_base)
+        lr = effective_lr_img(
+            cfg.lr_img, cfg.ipc, self.size, cfg.lr_size_base, rule=cfg.lr_rule, std=real.std.float()
+        )
         self.image_opt = torch.optim.SGD([self.synthetic.images], lr=lr, momentum=cfg.momentum_img)
+        self.project = self.synthetic.clamp_ if cfg.clamp else lambda: None  # IDC clamps; DC, DSA, DM do not
+        feeds = {"real": self._real_batch, "synthetic": self._synthetic_batch, "none": None}
+        self.net_feed = feeds[cfg.net_data]  # what the network trains on between matches
+        self.net_steps = self._net_steps()
         self.match_aug, self.net_aug = DiffAugment(cfg.match_dsa), DiffAugment(cfg.net_dsa)
         self.net = self._fresh_net(0)
         self.momentum = [torch.zeros_like(p) for p in self.net.parameters()]
@@ -156,7 +175,8 @@ class Engine:
         logs: Logs = {"outer": float(outer)}
         if inner == 0:  # a new outer iteration: a fresh network, the images back in the pixel range (IDC)
             self.draw_network(outer)
-            self.synthetic.clamp_()
+            logs["time/warmup_s"] = self.warm_up(outer)
+            self.project()
         if self.interval is not None and (inner % self.interval == 0 or not self.sampler.ready):
             logs |= self.refresh_selection(step)
         if self.diagnostics_every and step % self.diagnostics_every == 0:
@@ -164,7 +184,8 @@ class Engine:
         t0 = time.perf_counter()
         per_class = self.match_and_step(step, apply or self.image_opt.step)
         t1 = time.perf_counter()
-        net_loss = self.train_network(step)
+        last = inner == self.cfg.inner_loops - 1  # the network trained now would be discarded unused (DC)
+        net_loss = self.train_network(step, 0 if last else self.net_steps)
         return logs | {
             "loss": per_class.mean(),
             **{f"loss_class/{c}": loss for c, loss in enumerate(per_class)},
@@ -273,31 +294,76 @@ class Engine:
             losses.append(loss.detach())
         return torch.stack(losses) if losses else images.new_zeros(0), grad
 
-    def train_network(self, step: int) -> Tensor:
-        """Train the matching network on random real batches for ``n_data`` samples; returns the mean loss."""
-        self.net.train()
+    def train_network(self, step: int, steps: int | None = None) -> Tensor:
+        """Train the matching network ``steps`` updates (default: an inner iteration's) on its feed.
+
+        Returns the mean loss (zero when it takes no step).
+        """
+        steps = self.net_steps if steps is None else steps
         self._net_gen.manual_seed(derive(self.cfg.seed, "step", step, "net_device"))
+        return self._train(steps, "net", self.net_feed)
+
+    def warm_up(self, outer: int) -> float:
+        """DREAM+: the fresh network trains ``warmup_epochs`` on random real batches; returns seconds."""
+        start = time.perf_counter()
+        steps = math.ceil(self.cfg.warmup_epochs * len(self.real) / self.cfg.batch_real)
+        self._net_gen.manual_seed(derive(self.cfg.seed, "warmup", outer, "net_device"))
+        self._train(steps, "warmup", self._real_batch)
+        return time.perf_counter() - start
+
+    def _train(
+        self, steps: int, name: str, feed: Callable[[torch.Generator], tuple[Tensor, Tensor]]
+    ) -> Tensor:
+        self.net.train()
         params = list(self.net.parameters())
-        steps = math.ceil(self.cfg.n_data / self.cfg.batch_real)
+        reads = [self.real.images, self.synthetic.images]
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
             total += self.run(
-                "net",
-                self._network_update,
+                name,
+                lambda: self._network_update(feed),
                 [],
                 state=[*params, *self.net.buffers(), *self.momentum],
-                reads=[self.real.images],
+                reads=reads,
                 generators=[self._net_gen],
             )
             self.shard.broadcast_([p.data for p in params])  # rank 0's weights are the run's, for any k
-        return (self.shard.sum_(total) if self.shard_net else total) / steps
+        return (self.shard.sum_(total) if self.shard_net else total) / max(steps, 1)
 
-    def _network_update(self) -> Tensor:
-        """One network update: a random real batch, per-sample DSA, CutMix (decided on the device), SGD."""
-        g = self._net_gen
+    def _net_steps(self) -> int:
+        """Network updates per inner iteration.
+
+        ``n_data`` real samples (IDC); ``net_epochs`` passes over the synthetic set (DC, DSA: each update
+        draws a batch of at most ``batch_real`` without replacement); none (DM).
+        """
+        cfg = self.cfg
+        if cfg.net_data == "real":
+            return math.ceil(cfg.n_data / cfg.batch_real)
+        if cfg.net_data == "synthetic":
+            return cfg.net_epochs * math.ceil(
+                self.real.num_classes * cfg.ipc * cfg.factor**2 / cfg.batch_real
+            )
+        return 0
+
+    def _real_batch(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A random real batch of the whole set (every class)."""
         x, y = self.real.sample(self.cfg.batch_real, g)
         if not self.real.complete:  # classes sharded: each process adds the rows of the classes it holds
             self.shard.sum_(x)
+        return x, y
+
+    def _synthetic_batch(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A random batch of the decoded synthetic set, as constants (DC: a detached copy)."""
+        x, y = decode_classes(
+            self.synthetic.images.detach(), self.shard.classes, self.cfg.ipc, self.cfg.factor
+        )
+        idx = draw_indices(len(x), min(self.cfg.batch_real, len(x)), g).to(x.device)
+        return self.real.normalize(x[idx]), y[idx]
+
+    def _network_update(self, feed: Callable[[torch.Generator], tuple[Tensor, Tensor]]) -> Tensor:
+        """One network update: a batch from ``feed``, per-sample DSA, CutMix (decided on the device), SGD."""
+        g = self._net_gen
+        x, y = feed(g)
         x = self.net_aug(x, shared=False, generator=g, static=True)
         x, y_a, y_b, lam = cutmix_static(x, y, self.cfg.net_cutmix_p, generator=g)
         if self.shard_net:  # every k-th row here; the processes' sums add up to the whole batch's mean
@@ -364,7 +430,12 @@ class Engine:
         self.shard.broadcast_([p.data for p in self.net.parameters()])
 
     def initialize(self) -> None:
-        """Set the held classes' images from the initialiser (on the current network)."""
+        """Set the held classes' images from the initialiser, on outer iteration 0's network.
+
+        With ``warmup_epochs`` that network is trained first, as DREAM+ clusters on a trained network (step 0
+        draws and warms the same network again).
+        """
+        self.warm_up(0)
         images = self.initializer(
             self.real,
             self.net,

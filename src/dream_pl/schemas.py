@@ -21,14 +21,20 @@ class DistillConfig:
 
     ipc: int
     seed: int
+    method: str  # the recipe these values are (conf/method): idc | dc | dsa | dm | dream_plus
     inner_loops: int
     factor: int
     lr_img: float
+    lr_rule: str  # how lr_img becomes the pixel-space lr: LR_RULES
     lr_size_base: int
     momentum_img: float
+    clamp: bool  # project the images to [0, 1] at each outer iteration (IDC)
     batch_real: int
     batch_syn_max: int
-    n_data: int
+    net_data: str  # what the matching network trains on between matches: NET_DATA
+    n_data: int | None  # net_data=real: samples per inner iteration
+    net_epochs: int | None  # net_data=synthetic: epochs over the synthetic set per inner iteration
+    warmup_epochs: float  # real-data epochs a fresh network trains before its first match (DREAM+)
     lr_net: float
     momentum_net: float
     weight_decay_net: float
@@ -42,6 +48,12 @@ class DistillConfig:
 
 
 IMAGE_STEPS = ("joint", "per_class")
+LR_RULES = (
+    "idc",
+    "normalized",
+)  # idc: scaled by ipc and size, on pixels | normalized: DC's, on normalised images
+NET_DATA = ("real", "synthetic", "none")  # IDC | DC, DSA | DM
+METHODS = ("idc", "dc", "dsa", "dm", "dream_plus")
 
 
 @dataclass(frozen=True)
