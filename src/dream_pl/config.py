@@ -496,6 +496,7 @@ def check_trainer(cfg: DictConfig) -> None:
 
 def validate_eval(cfg: DictConfig) -> None:
     """Range and name checks on a composed ``dream_pl.evaluate`` config (no data needed)."""
+    from dream_pl.evaluation.formats import EXPECTED
     from dream_pl.evaluation.sets import BASELINES
 
     check_top_keys(cfg, "eval")
@@ -506,8 +507,13 @@ def validate_eval(cfg: DictConfig) -> None:
     validate_evaluation(cfg.evaluation)
     check_model_block(cfg.model, cfg.dataset)
     check_trainer(cfg)
+    _validate_set_format(cfg)
     target = str(cfg.synthetic)
     if target not in BASELINES and not Path(target).exists():
+        if cfg.format != "dream_pl":
+            raise ConfigError(
+                f"synthetic={target} does not exist; format={cfg.format} reads {EXPECTED[cfg.format]}"
+            )
         raise ConfigError(
             f"synthetic={target} does not exist; give a synthetic.pt, a run directory, "
             f"or one of {', '.join(BASELINES)}"
@@ -515,6 +521,41 @@ def validate_eval(cfg: DictConfig) -> None:
     smallest = dataset_spec(cfg.dataset).smallest_class
     if target in BASELINES and smallest is not None:
         check_baseline_ipc(cfg, smallest)
+
+
+def _validate_set_format(cfg: DictConfig) -> None:
+    """``format`` and its options: known names, integers in range, and each option only where it is read.
+
+    An option its format ignores is refused rather than dropped: ``factor=2`` on a DC file would otherwise
+    look as if it had been applied.
+    """
+    from dream_pl.evaluation.formats import EXPERIMENT_FORMATS, FACTOR_FORMATS, FORMATS, ZCA_FORMATS
+    from dream_pl.evaluation.sets import BASELINES
+
+    fmt = cfg.format
+    _check_choice("format", fmt, FORMATS)
+    size = dataset_spec(cfg.dataset).size
+    _require_int("factor", cfg.factor, note=f" (the multi-formation factor, 1..{size})")
+    _require(
+        cfg.factor <= size, f"factor={cfg.factor} is too large for {size}-pixel images; allowed: 1..{size}"
+    )
+    _require_int("experiment_index", cfg.experiment_index, minimum=0)
+    _require(isinstance(cfg.zca, bool), f"zca={cfg.zca!r} must be true or false")
+    for key, default, formats in (
+        ("factor", 1, FACTOR_FORMATS),
+        ("experiment_index", 0, EXPERIMENT_FORMATS),
+        ("zca", False, ZCA_FORMATS),
+    ):
+        value = str(cfg[key]).lower() if isinstance(cfg[key], bool) else cfg[key]  # as typed: zca=true
+        _require(
+            cfg[key] == default or fmt in formats,
+            f"{key}={value} is read only with format={' | '.join(formats)}, not format={fmt}",
+        )
+    _require(
+        fmt == "dream_pl" or str(cfg.synthetic) not in BASELINES,
+        f"format={fmt} describes a saved set; synthetic={cfg.synthetic} is a baseline built from the real "
+        "training set (leave format unset)",
+    )
 
 
 def check_baseline_ipc(cfg: DictConfig, smallest: int) -> None:

@@ -1,5 +1,8 @@
 """Evaluation entry point: ``python -m dream_pl.evaluate synthetic=<synthetic.pt | run dir | baseline>``.
 
+A set saved by another codebase is read with ``format=<dc|dsa|dm|mtt|idc|dream|folder>``
+(:mod:`dream_pl.evaluation.formats`, docs/evaluation.md).
+
 Trains fresh networks on the set with the paper's protocol and reports final-epoch test accuracy,
 mean ± std over repeats, beside a random-real-images set of the same size evaluated the same way. The
 config and the set's file are checked before Lightning is imported (:mod:`dream_pl.launch`); the work is

@@ -33,7 +33,15 @@ from dream_pl.cli import (
     report_user_errors,
     say_error,
 )
-from dream_pl.config import CONF_DIR, ConfigError, check_overrides, composition_error, validate, validate_eval
+from dream_pl.config import (
+    CONF_DIR,
+    ConfigError,
+    check_overrides,
+    composition_error,
+    dataset_spec,
+    validate,
+    validate_eval,
+)
 from dream_pl.runlock import LOCK_NAME, RunLock
 
 T = TypeVar("T")
@@ -68,12 +76,13 @@ def preflight_train(cfg: DictConfig, multirun: bool = False) -> Path | None:
 
 def preflight_evaluate(cfg: DictConfig, multirun: bool = False) -> Path | None:
     """Everything ``dream_pl.evaluate`` can refuse before work: values, output folder, the set's file."""
+    from dream_pl.evaluation.formats import read_set
     from dream_pl.evaluation.sets import BASELINES
-    from dream_pl.synthetic import load_synthetic
 
     validate_eval(cfg)
-    if str(cfg.synthetic) not in BASELINES:
-        load_synthetic(cfg.synthetic)
+    if str(cfg.synthetic) not in BASELINES:  # read in its format and checked against the dataset's shape
+        options = {key: cfg[key] for key in ("factor", "experiment_index", "zca")}
+        read_set(cfg.synthetic, cfg.format, dataset_spec(cfg.dataset), **options)
     return check_run_folder(cfg, multirun)
 
 

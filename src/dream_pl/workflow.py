@@ -36,6 +36,7 @@ from dream_pl.config import (
 from dream_pl.data import DatasetSpec, RealData, RealSet, load_dataset
 from dream_pl.distill import DistillModule
 from dream_pl.engine import NonFiniteLossError
+from dream_pl.evaluation.formats import read_set
 from dream_pl.evaluation.sets import (
     BASELINES,
     DISTILLED,
@@ -236,13 +237,24 @@ def train(cfg: DictConfig, *, checked: bool = False) -> dict[str, Any]:
 
 
 def evaluation_sets(cfg: DictConfig, real: RealData) -> dict[str, tuple[Tensor, Tensor]]:
-    """The sets ``dream_pl.evaluate`` trains on: a baseline, or a saved set beside random real images."""
+    """The sets ``dream_pl.evaluate`` trains on: a baseline, or a saved set beside random real images.
+
+    A saved set is read in its ``format`` (this project's ``synthetic.pt``, or another codebase's file:
+    :mod:`dream_pl.evaluation.formats`); the random real images match its stored images per class.
+    """
     target = str(cfg.synthetic)
     if target in BASELINES:
         check_baseline_ipc(cfg, min(RealSet.from_data(real, "train").class_sizes))
         net = network_for(cfg, real.spec)()
         return {baseline_label(target, cfg.ipc): baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)}
-    synthetic = load_set(target, real)
+    synthetic = read_set(
+        target,
+        cfg.format,
+        real,
+        factor=cfg.factor,
+        experiment_index=cfg.experiment_index,
+        zca=cfg.zca,
+    )
     sets = {DISTILLED: (synthetic.images, synthetic.labels)}
     if cfg.evaluation.baseline:
         ipc = synthetic.ipc

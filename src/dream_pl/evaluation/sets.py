@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dream_pl.coreset import herding, kcenter
-from dream_pl.data import RealData, RealSet
+from dream_pl.data import DatasetSpec, RealData, RealSet
 from dream_pl.errors import UserError
 from dream_pl.features import embed_class
 from dream_pl.seeding import derive, generator
@@ -35,9 +35,9 @@ class SetMismatchError(UserError, ValueError):
     """A synthetic set that does not fit the dataset it is evaluated on."""
 
 
-def check_fits(data: SyntheticData, real: RealData, path: Path) -> None:
-    """The set's image shape and classes must be the dataset's."""
-    spec = real.spec
+def check_fits(data: SyntheticData, real: RealData | DatasetSpec, path: Path) -> None:
+    """The set's image shape and classes must be the dataset's (``real``: the data, or only its spec)."""
+    spec = real if isinstance(real, DatasetSpec) else real.spec
     expected = (spec.channels, spec.size, spec.size)
     if data.dataset and data.dataset != spec.name:
         raise SetMismatchError(f"{path} was distilled from {data.dataset!r}, not dataset={spec.name!r}")
