@@ -71,13 +71,17 @@ PAPER = {  # CIFAR-10 IPC 10, ConvNet-3 (Table 3; DM from Table 1): the GPU pres
 # network, would never train one) with I_int 5 (one event of two on a trained network), over 6 networks
 # instead of 1,000; DM keeps one match per network, 80 of them instead of 20,000 (with RM, every network is
 # a fresh one: DM draws one per match).
+# The diagnostics (a few seconds each on the CPU) run at every other event of IDC's schedule (inner 0 and 10:
+# one on a fresh network, one on a trained one) and at every event of DC's (inner 0 and 5) and DM's.
 METHOD_SCALE = {
     "idc": ("iterations=6", "distill.inner_loops=20", "distill.batch_real=64", "distill.n_data=256",
-            "distill.lr_img=1.0e-2", "eval_every=2"),
-    "dc": ("iterations=6", "distill.inner_loops=10", "distill.net_epochs=50", "eval_every=2"),
-    "dm": ("iterations=80", "eval_every=20", "distill.save_every=20"),
+            "distill.lr_img=1.0e-2", "eval_every=2", "diagnostics_every=10"),
+    "dc": ("iterations=6", "distill.inner_loops=10", "distill.net_epochs=50", "eval_every=2",
+           "diagnostics_every=5"),
+    "dm": ("iterations=80", "eval_every=20", "distill.save_every=20", "diagnostics_every=5"),
     "dream_plus": ("iterations=6", "distill.inner_loops=20", "distill.batch_real=64", "distill.n_data=256",
-                   "distill.lr_img=1.0e-2", "eval_every=2", "distill.warmup_epochs=0.05"),
+                   "distill.lr_img=1.0e-2", "eval_every=2", "distill.warmup_epochs=0.05",
+                   "diagnostics_every=10"),
 }  # fmt: skip
 METHOD_SCALE["dsa"] = METHOD_SCALE["dc"]
 FULL_SCALE = {
