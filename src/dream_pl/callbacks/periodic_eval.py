@@ -6,8 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import RichProgressBar
 
+from dream_pl.evaluation.progress import EvaluationBar
 from dream_pl.evaluation.protocol import EvalResult
+from dream_pl.evaluation.sets import DISTILLED
 from dream_pl.schemas import EvalProtocol
 
 
@@ -37,12 +40,20 @@ class PeriodicEvaluation(pl.Callback):
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate now and log ``eval/<name>/acc`` (percent) against the outer iteration (on rank 0).
 
-        Every process sends its classes' images (sharded classes); rank 0 alone evaluates.
+        Every process sends its classes' images (sharded classes); rank 0 alone evaluates, shown as a line
+        under the distillation's bar.
         """
         data = pl_module.export(dst=0)
         if data is None:
             return
-        result = self.evaluate(data.images, data.labels, protocol=self.protocol)
+        bar = trainer.progress_bar_callback
+        progress = bar.progress if isinstance(bar, RichProgressBar) and bar.is_enabled else None
+        repeats = self.protocol.repeats
+        with EvaluationBar(
+            repeats * self.protocol.epochs, enabled=progress is not None, progress=progress
+        ) as ticks:
+            ticks.describe(DISTILLED, self.name, repeats)
+            result = self.evaluate(data.images, data.labels, protocol=self.protocol, on_epoch=ticks.advance)
         outer = trainer.global_step / self.inner_loops
         row = {"step": trainer.global_step, "iteration": outer, "acc": result.mean, "std": result.std}
         self.history.append(row)

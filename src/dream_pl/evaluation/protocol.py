@@ -71,6 +71,17 @@ def use_stacking(requested: bool | None, accelerator: str) -> bool | None:
     return None if on_gpu(accelerator) else False
 
 
+class EpochTicks(pl.Callback):
+    """Report each finished epoch, with the networks it trained, to ``tick`` (an evaluation bar)."""
+
+    def __init__(self, tick: Callable[[int], object], networks: int) -> None:
+        self.tick, self.networks = tick, networks
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One epoch of every network of this call."""
+        self.tick(self.networks)
+
+
 def evaluate_set(
     factory: Callable[[], nn.Module],
     images: Tensor,
@@ -84,7 +95,7 @@ def evaluate_set(
     protocol: EvalProtocol,
     seed: int = 0,
     accelerator: str = "auto",
-    progress: bool = False,
+    on_epoch: Callable[[int], object] | None = None,
     repeat_ids: Sequence[int] | None = None,
 ) -> EvalResult:
     """Train ``protocol.repeats`` fresh networks on (images, labels) and test them on the real test set.
@@ -103,7 +114,8 @@ def evaluate_set(
         accelerator: Lightning accelerator; with ``protocol.compile`` it decides whether training runs as
             captured epochs ("graphs"), their eager twin ("eager-static") or one step per batch ("off"),
             as ``extra["compile"]`` reports.
-        progress: show Lightning's progress bar.
+        on_epoch: called after every epoch with the number of networks it trained (the repeats trained
+            together): the progress of :class:`dream_pl.evaluation.progress.EvaluationBar`.
         repeat_ids: train only these repeats of the protocol (a process's share); each repeat trains as it
             would among all of them.
     """
@@ -131,7 +143,8 @@ def evaluate_set(
             max_epochs=protocol.epochs,
             logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=progress,
+            enable_progress_bar=False,
+            callbacks=[EpochTicks(on_epoch, len(repeat_ids or range(protocol.repeats)))] if on_epoch else [],
             enable_model_summary=False,
             num_sanity_val_steps=0,
         )

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from dream_pl.data import DatasetSpec, RealData
+from dream_pl.evaluation.progress import EvaluationBar
 from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.models import network_factory
 from dream_pl.sharding import Shard
@@ -37,7 +38,12 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
     factory = network_for(cfg, real.spec, name)
 
     def run(
-        images: Tensor, labels: Tensor, *, protocol: EvalProtocol, repeat_ids: list[int] | None = None
+        images: Tensor,
+        labels: Tensor,
+        *,
+        protocol: EvalProtocol,
+        repeat_ids: list[int] | None = None,
+        on_epoch: Callable[[int], object] | None = None,
     ) -> EvalResult:
         return evaluate_set(
             factory,
@@ -52,6 +58,7 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
             seed=cfg.seed,
             accelerator=cfg.trainer.accelerator,
             repeat_ids=repeat_ids,
+            on_epoch=on_epoch,
         )
 
     return run
@@ -65,7 +72,8 @@ def evaluate_sets(
     In a run sharded over processes (``trainer=ddp``) the (pair, repeat) units are dealt out like classes,
     each process stacks the repeats it got of a pair, and the rows are gathered on every process: the same
     rows, in the same order, with the same per-repeat accuracies as one process computes (every repeat
-    trains on streams of its own). ``seconds`` of a row is then its slowest process's.
+    trains on streams of its own). ``seconds`` of a row is then its slowest process's. One bar
+    (:class:`EvaluationBar`, rank 0's share) shows the sets x repeats x epochs as they train.
     """
     pairs = [(name, label) for name in cfg.evaluation.models for label in sets]
     repeats = protocol.repeats
@@ -75,13 +83,20 @@ def evaluate_sets(
     for unit in shard.classes:
         mine.setdefault(unit // repeats, []).append(unit % repeats)
     parts = {}
-    for i, ids in mine.items():
-        name, label = pairs[i]
-        images, labels = sets[label]
-        result = evaluators[name](
-            images, labels, protocol=protocol, repeat_ids=None if shard.world == 1 else ids
-        )
-        parts[i] = (ids, result)
+    shown = bool(cfg.trainer.get("enable_progress_bar", True)) and shard.rank == 0
+    with EvaluationBar(sum(map(len, mine.values())) * protocol.epochs, enabled=shown) as bar:
+        for i, ids in mine.items():
+            name, label = pairs[i]
+            images, labels = sets[label]
+            bar.describe(label, name, len(ids))
+            result = evaluators[name](
+                images,
+                labels,
+                protocol=protocol,
+                repeat_ids=None if shard.world == 1 else ids,
+                on_epoch=bar.advance,
+            )
+            parts[i] = (ids, result)
     merged = shard.merge({(i, shard.rank): part for i, part in parts.items()})
     rows = []
     for i in range(len(pairs)):
