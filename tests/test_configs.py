@@ -100,6 +100,10 @@ def test_train_option_composes_resolves_and_validates(compose_train, group, opti
     cfg = compose_train([f"{group}={option}"])
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert plain["ipc"] >= 1
+    if (group, option) == ("dataset", "folder"):  # the user's tree (tests/test_folder_dataset.py) or none
+        with pytest.raises(ConfigError, match=r"dataset\.options\.root is missing \(\?\?\?\)"):
+            validate(cfg)
+        return
     if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu needs a CUDA device .*allowed here"):
             validate(cfg)

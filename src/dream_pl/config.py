@@ -28,8 +28,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dream_pl.augment import parse_strategy
 from dream_pl.clustering import BACKENDS
-from dream_pl.data import DATASETS, DatasetSpec
-from dream_pl.data.specs import spec_for
+from dream_pl.data import DatasetSpec
+from dream_pl.data.folder import FOLDER, folder_options, scan
+from dream_pl.data.specs import DATASET_NAMES, spec_for
 from dream_pl.errors import UserError
 from dream_pl.features import FEATURE_INPUTS
 from dream_pl.graphs import COMPILE_MODES
@@ -82,6 +83,11 @@ def block_schema(cls: type, name: str, *, omit: Iterable[str] = (), extra: Itera
 
 
 DistillSchema = block_schema(DistillConfig, "DistillSchema", omit=("ipc", "seed"))  # those are top-level
+WholeProtocolSchema = block_schema(  # evaluation.whole_protocol: what the whole-set reference measures
+    EvalProtocol,
+    "WholeProtocolSchema",
+    omit=[f.name for f in fields(EvalProtocol) if f.name not in EvalProtocol.recipe_fields()],
+)
 EvaluationSchema = block_schema(
     EvalProtocol,
     "EvaluationSchema",
@@ -90,6 +96,8 @@ EvaluationSchema = block_schema(
         ("models", list[str], field(default=MISSING)),
         ("baseline", bool, field(default=MISSING)),
         ("periodic", PeriodicSchema, field(default_factory=PeriodicSchema)),
+        ("whole", bool, field(default=MISSING)),
+        ("whole_protocol", WholeProtocolSchema, field(default_factory=WholeProtocolSchema)),
     ],
 )
 PARTS = {  # the parts the group options build; each option's yaml merges onto its target's schema
@@ -119,7 +127,17 @@ def dc_net_epochs(ipc: int) -> int | None:
     return DC_NET_EPOCHS.get(ipc)
 
 
+def by_channels(channels: int, grey: Any, colour: Any) -> Any:
+    """``grey`` for 1-channel images, ``colour`` for 3: how conf/dataset/folder.yaml derives its recipe."""
+    if channels not in (1, 3):
+        raise ConfigError(
+            f"dataset.options.channels={channels!r} is not allowed; allowed: 1 (greyscale), 3 (colour)"
+        )
+    return grey if channels == 1 else colour
+
+
 OmegaConf.register_new_resolver("dc_net_epochs", dc_net_epochs, replace=True)  # conf/method/dc.yaml
+OmegaConf.register_new_resolver("by_channels", by_channels, replace=True)  # conf/dataset/folder.yaml
 _store = ConfigStore.instance()  # the yaml blocks merge onto these (their `defaults` name them)
 _store.store(group="schemas", name="distill", node=DistillSchema)
 _store.store(group="schemas", name="evaluation", node=EvaluationSchema)
@@ -170,9 +188,44 @@ def _check_target_block(name: str, node: DictConfig, extra: Iterable[str] = ()) 
         check_keys(name, node, [*options, *extra, "_target_", "_partial_"])
 
 
+def dataset_options(dataset: DictConfig) -> dict:
+    """A ``dataset`` block's options as plain values; one left ``???`` (a folder's root) is refused."""
+    options = dataset.get("options") or {}
+    missing = sorted(OmegaConf.missing_keys(options)) if OmegaConf.is_config(options) else []
+    if missing:
+        key = missing[0].rsplit(".", 1)[-1]  # missing_keys names a key from the config's root
+        hint = ": the folder holding <root>/train/<class>/ and val/ or test/" if key == "root" else ""
+        raise ConfigError(
+            f"dataset.options.{key} is missing (???); dataset={dataset.name} needs "
+            f"dataset.options.{key}=<value>{hint}"
+        )
+    return OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else dict(options)
+
+
+def check_dataset_block(dataset: DictConfig) -> None:
+    """A known dataset name; a folder dataset's options, and its tree listed (a bad one refused, no data)."""
+    _check_choice("dataset.name", dataset.name, sorted(DATASET_NAMES))
+    dataset_spec(dataset)
+
+
 def dataset_spec(dataset: DictConfig) -> DatasetSpec:
-    """The image shape and classes a ``dataset`` block gives (its options may set size and classes)."""
-    return spec_for(dataset.name, dataset.get("options") or {})
+    """The image shape and classes a ``dataset`` block gives (its options may set size and classes).
+
+    A folder dataset's tree is listed for its classes (no image is opened); its mean and std stay empty.
+    """
+    return spec_for(dataset.name, dataset_options(dataset))
+
+
+def smallest_class(dataset: DictConfig) -> tuple[int, str] | None:
+    """The training images of the dataset's smallest class and what to call it, where known without data.
+
+    A folder dataset's smallest class is named by its folder, so the user sees which one to fill.
+    """
+    if dataset.name == FOLDER:
+        path, count = scan(folder_options(dataset_options(dataset))).smallest()
+        return count, f"{FOLDER} ({path})"
+    count = dataset_spec(dataset).smallest_class
+    return None if count is None else (count, dataset.name)
 
 
 def check_model_block(model: DictConfig, dataset: DictConfig) -> None:
@@ -329,7 +382,7 @@ def validate(cfg: DictConfig) -> None:
     _require_int("keep_checkpoints", cfg.keep_checkpoints, minimum=0, note=" (0 = only last.ckpt)")
     _require_int("eval_every", cfg.get("eval_every", 0), minimum=0, note=" (0 = off)")
     _require_int("diagnostics_every", cfg.get("diagnostics_every", 0), minimum=0, note=" (0 = off)")
-    _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
+    check_dataset_block(cfg.dataset)
     check_blocks(cfg)
     d = cfg.distill
     for key in ("factor", "inner_loops", "batch_real", "batch_syn_max", "save_every", "lr_size_base"):
@@ -355,9 +408,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_selection(cfg)
     build_parts(cfg)
     validate_evaluation(cfg.evaluation)
-    smallest = dataset_spec(cfg.dataset).smallest_class
-    if smallest is not None:  # the dataset fixes its class sizes: the data checks need no data
-        validate_against_data(cfg, [smallest])
+    known = smallest_class(cfg.dataset)
+    if known is not None:  # the dataset fixes its class sizes: the data checks need no data
+        validate_against_data(cfg, [known[0]], label=known[1])
 
 
 PER_CLASS_SHARDED = (  # refused before work (validate) and by a module meeting a process group (prepare)
@@ -432,8 +485,8 @@ def validate_evaluation(ev: DictConfig) -> None:
     """Checks on the ``evaluation`` block (shared by train and evaluate)."""
     check_schema_keys("evaluation", ev, EvaluationSchema)
     check_schema_keys("evaluation.periodic", ev.periodic, PeriodicSchema)
-    for key in ("repeats", "epochs", "batch_size", "test_batch"):
-        _require_int(f"evaluation.{key}", ev[key])
+    check_schema_keys("evaluation.whole_protocol", ev.whole_protocol, WholeProtocolSchema)
+    _require_int("evaluation.test_batch", ev.test_batch)
     _require(
         isinstance(ev.models, Sequence) and not isinstance(ev.models, str),
         f"evaluation.models={ev.models!r} must be a list, e.g. [convnet, resnet10]",
@@ -443,16 +496,28 @@ def validate_evaluation(ev: DictConfig) -> None:
     for key in ("epochs", "repeats"):
         _require_int(f"evaluation.periodic.{key}", ev.periodic[key])
     _check_choice("evaluation.compile", ev.compile, COMPILE_MODES)
-    _require_number("evaluation.lr", ev.lr, positive=True)
-    _require_number("evaluation.lr_gamma", ev.lr_gamma, positive=True)
+    _require(
+        isinstance(ev.whole, bool),
+        f"evaluation.whole={ev.whole!r} must be true or false (train the whole-set reference, or not)",
+    )
+    _check_protocol_values("evaluation", ev)
+    _check_protocol_values("evaluation.whole_protocol", ev.whole_protocol)
+
+
+def _check_protocol_values(name: str, node: DictConfig) -> None:
+    """The training recipe of an evaluation block (``evaluation`` or its ``whole_protocol``)."""
+    for key in ("repeats", "epochs", "batch_size"):
+        _require_int(f"{name}.{key}", node[key])
+    _require_number(f"{name}.lr", node.lr, positive=True)
+    _require_number(f"{name}.lr_gamma", node.lr_gamma, positive=True)
     for key in ("momentum", "weight_decay"):
-        _require_number(f"evaluation.{key}", ev[key], positive=False)
-    _check_strategy("evaluation.dsa", ev.dsa)
-    _require_probability("evaluation.cutmix_p", ev.cutmix_p)
-    milestones = ev.lr_milestones
+        _require_number(f"{name}.{key}", node[key], positive=False)
+    _check_strategy(f"{name}.dsa", node.dsa)
+    _require_probability(f"{name}.cutmix_p", node.cutmix_p)
+    milestones = node.lr_milestones
     _require(
         OmegaConf.is_list(milestones) and all(_is_number(m) and 0 <= m <= 1 for m in milestones),
-        f"evaluation.lr_milestones={milestones!r} must be a list of fractions of training in [0, 1], "
+        f"{name}.lr_milestones={milestones!r} must be a list of fractions of training in [0, 1], "
         "e.g. [0.667, 0.833]",
     )
 
@@ -500,7 +565,7 @@ def validate_eval(cfg: DictConfig) -> None:
     from dream_pl.evaluation.sets import BASELINES
 
     check_top_keys(cfg, "eval")
-    _check_choice("dataset.name", cfg.dataset.name, sorted(DATASETS))
+    check_dataset_block(cfg.dataset)
     _require_int("ipc", cfg.ipc, note=" (images per class of a baseline)")
     _require_int("seed", cfg.seed, minimum=0)
     _require_int("repeats", cfg.repeats)
@@ -518,9 +583,9 @@ def validate_eval(cfg: DictConfig) -> None:
             f"synthetic={target} does not exist; give a synthetic.pt, a run directory, "
             f"or one of {', '.join(BASELINES)}"
         )
-    smallest = dataset_spec(cfg.dataset).smallest_class
-    if target in BASELINES and smallest is not None:
-        check_baseline_ipc(cfg, smallest)
+    known = smallest_class(cfg.dataset) if target in BASELINES else None
+    if known is not None:
+        check_baseline_ipc(cfg, *known)
 
 
 def _validate_set_format(cfg: DictConfig) -> None:
@@ -558,20 +623,27 @@ def _validate_set_format(cfg: DictConfig) -> None:
     )
 
 
-def check_baseline_ipc(cfg: DictConfig, smallest: int) -> None:
-    """``dream_pl.evaluate synthetic=<baseline>``: a subset baseline takes at most the smallest class."""
+def check_baseline_ipc(cfg: DictConfig, smallest: int, label: str | None = None) -> None:
+    """``dream_pl.evaluate synthetic=<baseline>``: a subset baseline takes at most the smallest class.
+
+    ``label``: what to call the smallest class (default: the dataset's name).
+    """
     target = str(cfg.synthetic)
     _require(
         target == "whole" or cfg.ipc <= smallest,
         f"ipc={cfg.ipc} is too large for the {target} baseline: the smallest class of "
-        f"{cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}",
+        f"{label or cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}",
     )
 
 
-def validate_against_data(cfg: DictConfig, class_sizes: list[int]) -> None:
-    """Checks that need the loaded dataset: selections must fit in the smallest class."""
+def validate_against_data(cfg: DictConfig, class_sizes: list[int], label: str | None = None) -> None:
+    """Checks that need the loaded dataset: selections must fit in the smallest class.
+
+    ``label``: what to call the smallest class (default: the dataset's name; a folder's: its path).
+    """
     smallest = min(class_sizes)
-    where = f"the smallest class of {cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}"
+    name = label or cfg.dataset.name
+    where = f"the smallest class of {name} has {smallest} images; allowed: 1..{smallest}"
     s = cfg.sampler
     if "n_clusters" in s:
         _require(
@@ -598,12 +670,18 @@ def validate_against_data(cfg: DictConfig, class_sizes: list[int]) -> None:
         )
 
 
-def protocol_from(ev: DictConfig, *, periodic: bool = False) -> EvalProtocol:
+def protocol_from(ev: DictConfig, *, periodic: bool = False, whole: bool = False) -> EvalProtocol:
     """The ``evaluation`` block as an :class:`EvalProtocol`.
 
-    ``periodic``: with the cheaper epochs and repeats of ``evaluation.periodic``.
+    ``periodic``: with the cheaper epochs and repeats of ``evaluation.periodic``. ``whole``: the recipe of
+    ``evaluation.whole_protocol`` (the whole-set reference), with the block's test batch and execution
+    (``stacked``, ``compile``), which do not change what is measured.
     """
     protocol = from_block(EvalProtocol, ev, "evaluation")
     if periodic:
         protocol = replace(protocol, epochs=ev.periodic.epochs, repeats=ev.periodic.repeats)
+    if whole:
+        recipe = OmegaConf.to_container(ev.whole_protocol, resolve=True)
+        recipe["lr_milestones"] = tuple(recipe["lr_milestones"])
+        protocol = replace(protocol, **recipe)
     return protocol

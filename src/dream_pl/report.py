@@ -3,6 +3,10 @@
 Reads every job of a Hydra multirun (its ``.hydra/overrides.yaml``, ``eval.json`` and, when periodic
 evaluation was on, the ``csv/metrics*.csv`` of every attempt), groups jobs by their swept values except the
 seed, and reports the distilled set's final accuracy as mean ± std over seeds.
+
+``python -m dream_pl.report --table <folder>`` -> runs.md: every run under the folder (any depth, any
+entry point) side by side, one line per (run, architecture): method, dataset, IPC, accuracy, IOR, HLR and
+wall-clock, the columns runs of different methods are compared on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import matplotlib.pyplot as plt
 import yaml
 
 from dream_pl.cli import report_user_errors
-from dream_pl.evaluation.sets import DISTILLED
+from dream_pl.evaluation.scores import NOT_MEASURED, is_number, is_reference, score_rows
+from dream_pl.evaluation.sets import DISTILLED, INITIALISATION
 
 SEED_KEYS = ("seed",)
 
@@ -170,12 +175,107 @@ def report(multirun_dir: str | Path) -> str:
     return text
 
 
+TABLE_COLUMNS = ("run", "method", "dataset", "model", "IPC", "top-1 (%)", "IOR", "HLR", "wall-clock (s)")
+
+
+def run_config(folder: Path) -> dict[str, Any]:
+    """The run's composed config (Hydra's ``.hydra/config.yaml``), or {} where the folder has none."""
+    path = folder / ".hydra" / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return config if isinstance(config, dict) else {}
+
+
+def run_method(config: dict[str, Any], row: dict[str, Any]) -> str:
+    """What made the row's set: the run's ``distill.method``, the format of a foreign set, or the baseline."""
+    if row["set"] != DISTILLED:
+        return row["set"]  # a baseline evaluated on its own (dream_pl.evaluate synthetic=herding)
+    method = (config.get("distill") or {}).get("method")
+    if method:
+        return str(method)
+    fmt = config.get("format")
+    return str(fmt) if fmt and fmt != "dream_pl" else "unknown"
+
+
+def wall_clock(row: dict[str, Any]) -> str:
+    """Distillation + evaluation seconds as eval.json records them (older runs recorded neither)."""
+    distill, evaluation = row.get("distill_seconds"), row.get("eval_seconds")
+    if is_number(distill) and is_number(evaluation):
+        return f"{distill + evaluation:.0f} ({distill:.0f} + {evaluation:.0f})"
+    if is_number(evaluation):
+        return f"{evaluation:.0f} (evaluation only)"
+    return "not recorded"
+
+
+def _points(value: object) -> str:
+    return f"{value:+.1f}" if is_number(value) else str(value or NOT_MEASURED)
+
+
+def run_rows(folder: Path, root: Path) -> list[dict[str, str]]:
+    """The table's lines of one run folder: its distilled set per architecture (else the sets it scored).
+
+    Scores are recomputed from the rows of its eval.json (random real images, the whole-set reference), so
+    runs written before the scores existed compare the same way.
+    """
+    rows = json.loads((folder / "eval.json").read_text())
+    rows = [r for r in rows if isinstance(r, dict) and {"set", "model", "mean"} <= r.keys()]
+    scored = score_rows(rows)
+    others = [r for r in scored if not is_reference(r["set"]) and r["set"] != INITIALISATION]
+    config = run_config(folder)
+    lines = []
+    for r in [r for r in scored if r["set"] == DISTILLED] or others:
+        ipc = r.get("ipc", config.get("ipc") if "distill" in config else None)
+        cells = [
+            str(folder.relative_to(root)),
+            run_method(config, r),
+            str(r.get("dataset") or (config.get("dataset") or {}).get("name") or "unknown"),
+            r["model"],
+            "not recorded" if ipc is None else str(ipc),
+            f"{r['mean']:.1f} ± {r.get('std', 0.0):.1f}",
+            _points(r["ior"]),
+            _points(r["hlr"]),
+            wall_clock(r),
+        ]
+        lines.append(dict(zip(TABLE_COLUMNS, cells, strict=True)))
+    return lines
+
+
+def runs_markdown(lines: list[dict[str, str]]) -> str:
+    """The cross-run table, sorted by dataset, IPC, method, architecture and run."""
+    order = sorted(
+        lines, key=lambda r: (r["dataset"], _sortable(r["IPC"]), r["method"], r["model"], r["run"])
+    )
+    text = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    text += ["| " + " | ".join(r[c] for c in TABLE_COLUMNS) + " |" for r in order]
+    return "\n".join(text)
+
+
+def table(folder: str | Path) -> str:
+    """Write runs.md into ``folder``: every run under it (folders with an eval.json) side by side."""
+    root = Path(folder)
+    runs = sorted({path.parent for path in root.rglob("eval.json")})
+    if not runs:
+        raise FileNotFoundError(f"no runs (folders with an eval.json) under {root}")
+    lines = [line for run in runs for line in run_rows(run, root)]
+    text = (
+        f"# Runs: {root}\n\n{len(runs)} runs. IOR = top-1 - random real images of the same IPC, HLR = whole "
+        "set - top-1, in points under each run's protocol (docs/evaluation.md); wall-clock = distillation + "
+        f"evaluation seconds.\n\n{runs_markdown(lines)}\n"
+    )
+    (root / "runs.md").write_text(text)
+    return text
+
+
 def main() -> None:
     """Console entry: a user error is one line and exit status 2, as in every entry point."""
-    parser = argparse.ArgumentParser(description="Summarise a dream_pl multirun directory.")
-    parser.add_argument("multirun_dir")
+    parser = argparse.ArgumentParser(description="Summarise a dream_pl multirun directory, or tabulate runs.")
+    parser.add_argument("folder", help="a multirun directory (sweep report), or any folder of runs (--table)")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="one line per run under the folder: method, dataset, IPC, accuracy, IOR, HLR, wall-clock",
+    )
     args = parser.parse_args()
-    print(report_user_errors(lambda: report(args.multirun_dir)))
+    print(report_user_errors(lambda: table(args.folder) if args.table else report(args.folder)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ them with Hydra (so composition refuses unknown keys and wrong types) and builds
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,16 @@ class EvalProtocol:
     test_batch: int
     stacked: bool | None  # None: vmap-stacked on a GPU when the architecture allows, looped on a CPU
     compile: str  # auto | on | off: CUDA-graph capture of the training step (dream_pl.graphs)
+
+    @staticmethod
+    def recipe_fields() -> tuple[str, ...]:
+        """The fields that define what is measured (the whole set's are ``evaluation.whole_protocol``).
+
+        The others say how it executes (test batch, stacking, CUDA graphs), which leaves the accuracies as
+        they are (stacked and looped repeats are equal, captured and eager steps are equal).
+        """
+        execution = ("test_batch", "stacked", "compile")
+        return tuple(f.name for f in fields(EvalProtocol) if f.name not in execution)
 
     def milestones(self) -> tuple[int, ...]:
         """Epochs at which the lr decays (666 and 833 for 1,000 epochs)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from dream_pl.data import DatasetSpec, RealData, RealSet, load_dataset
 from dream_pl.distill import DistillModule
 from dream_pl.engine import NonFiniteLossError
 from dream_pl.evaluation.formats import read_set
+from dream_pl.evaluation.references import whole_references
+from dream_pl.evaluation.scores import score_rows
 from dream_pl.evaluation.sets import (
     BASELINES,
     DISTILLED,
@@ -193,11 +196,18 @@ def distill(cfg: DictConfig, *, checked: bool = False) -> tuple[DistillModule, p
 
 
 def evaluate_run(
-    cfg: DictConfig, module: DistillModule, out: Path, data: RealData, *, write: bool = True
+    cfg: DictConfig,
+    module: DistillModule,
+    out: Path,
+    data: RealData,
+    *,
+    write: bool = True,
+    distill_seconds: float | None = None,
 ) -> dict[str, float]:
     """The evaluator on the distilled set, beside its initialisation and random real images of equal size.
 
-    ``write``: the table and ``eval.json`` (rank 0 of a sharded run; the others only contribute rows).
+    ``write``: the table, ``eval.json`` and ``eval.csv`` (rank 0 of a sharded run; the others only
+    contribute rows). ``distill_seconds``: the distillation's wall-clock, kept in every row.
     """
     final = module.export()
     sets = {DISTILLED: (final.images, final.labels)}
@@ -207,10 +217,37 @@ def evaluate_run(
             initial = load_set(init, data)
             sets[INITIALISATION] = (initial.images, initial.labels)
         sets[baseline_label("random", cfg.ipc)] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
+    start = time.perf_counter()
     rows = evaluate_sets(cfg, data, sets, protocol_from(cfg.evaluation))
+    timing = {"distill_seconds": distill_seconds, "eval_seconds": time.perf_counter() - start}
+    rows = report_rows(cfg, data, rows, dict.fromkeys(sets, cfg.ipc), timing, write=write)
     if write:
         write_report(rows, out)
     return eval_metrics(rows)
+
+
+def report_rows(
+    cfg: DictConfig,
+    real: RealData,
+    rows: list[dict[str, Any]],
+    ipcs: dict[str, int | None],
+    timing: dict[str, float | None],
+    *,
+    write: bool,
+) -> list[dict[str, Any]]:
+    """The rows as eval.json keeps them, with their IPC, dataset, wall-clock, references and scores.
+
+    Each row gets its set's stored images per class (``ipcs``), the dataset and the run's ``timing``
+    (``distill_seconds``, ``eval_seconds``; None: not part of this run). The whole-set reference of each
+    architecture (cached, or trained now with ``evaluation.whole=true``) is a row of its own, and every other
+    set is scored against it and random real images. The time a reference trains now is its row's
+    ``seconds``, not ``eval_seconds``: it is paid once per dataset and architecture, not by the set.
+    """
+    run = {"dataset": cfg.dataset.name, **{k: v for k, v in timing.items() if v is not None}}
+    described = [{**r, "ipc": ipcs.get(r["set"]), **run} for r in rows]
+    whole = protocol_from(cfg.evaluation, whole=True)
+    references = [{**r, **run} for r in whole_references(cfg, real, whole, write=write)]
+    return score_rows([*described, *references])
 
 
 def train(cfg: DictConfig, *, checked: bool = False) -> dict[str, Any]:
@@ -222,10 +259,14 @@ def train(cfg: DictConfig, *, checked: bool = False) -> dict[str, Any]:
     if not checked:
         validate(cfg)
     with RunLock(output_dir(cfg)) if launched_rank_zero() else nullcontext():
+        start = time.perf_counter()
         module, trainer, out, data = distill(cfg, checked=True)
+        seconds = time.perf_counter() - start  # this attempt's: a resumed run's earlier ones are not counted
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.evaluation.enabled:  # every process of a sharded run evaluates its share of the sets
-            scores = evaluate_run(cfg, module, out, data, write=trainer.is_global_zero)
+            scores = evaluate_run(
+                cfg, module, out, data, write=trainer.is_global_zero, distill_seconds=seconds
+            )
             for logger in trainer.loggers:
                 logger.log_metrics(scores, step=trainer.global_step)
                 logger.save()
@@ -242,11 +283,20 @@ def evaluation_sets(cfg: DictConfig, real: RealData) -> dict[str, tuple[Tensor, 
     A saved set is read in its ``format`` (this project's ``synthetic.pt``, or another codebase's file:
     :mod:`dream_pl.evaluation.formats`); the random real images match its stored images per class.
     """
+    return evaluation_inputs(cfg, real)[0]
+
+
+def evaluation_inputs(
+    cfg: DictConfig, real: RealData
+) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, int | None]]:
+    """:func:`evaluation_sets`, and each set's stored images per class (None for the whole real set)."""
     target = str(cfg.synthetic)
     if target in BASELINES:
         check_baseline_ipc(cfg, min(RealSet.from_data(real, "train").class_sizes))
         net = network_for(cfg, real.spec)()
-        return {baseline_label(target, cfg.ipc): baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)}
+        label = baseline_label(target, cfg.ipc)
+        images = baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)
+        return {label: images}, {label: None if target == "whole" else cfg.ipc}
     synthetic = read_set(
         target,
         cfg.format,
@@ -256,10 +306,12 @@ def evaluation_sets(cfg: DictConfig, real: RealData) -> dict[str, tuple[Tensor, 
         zca=cfg.zca,
     )
     sets = {DISTILLED: (synthetic.images, synthetic.labels)}
+    ipcs: dict[str, int | None] = {DISTILLED: synthetic.ipc}
     if cfg.evaluation.baseline:
-        ipc = synthetic.ipc
-        sets[baseline_label("random", ipc)] = baseline_set("random", real, ipc, seed=cfg.seed)
-    return sets
+        label = baseline_label("random", synthetic.ipc)
+        sets[label] = baseline_set("random", real, synthetic.ipc, seed=cfg.seed)
+        ipcs[label] = synthetic.ipc
+    return sets, ipcs
 
 
 def start_processes(cfg: DictConfig) -> None:
@@ -283,7 +335,7 @@ def start_processes(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig, *, checked: bool = False) -> list[dict[str, Any]]:
-    """Resolve the set(s), evaluate them, write ``eval.json`` (the output folder locked meanwhile).
+    """Resolve the set(s), evaluate them, write ``eval.json`` and ``eval.csv`` (the folder locked meanwhile).
 
     ``checked``: the command line's pre-check already validated this job's config. With ``trainer=ddp``
     the evaluations are dealt out over the processes; rank 0 locks and writes.
@@ -298,7 +350,11 @@ def evaluate(cfg: DictConfig, *, checked: bool = False) -> list[dict[str, Any]]:
         torch.set_float32_matmul_precision(cfg.trainer.get("matmul_precision", "highest"))
         pl.seed_everything(cfg.seed, verbose=False)
         real = load_dataset(cfg.dataset.name, cfg.data_dir, **cfg.dataset.get("options", {}))
-        rows = evaluate_sets(cfg, real, evaluation_sets(cfg, real), protocol_from(cfg.evaluation))
+        sets, ipcs = evaluation_inputs(cfg, real)
+        start = time.perf_counter()
+        rows = evaluate_sets(cfg, real, sets, protocol_from(cfg.evaluation))
+        timing = {"eval_seconds": time.perf_counter() - start}
+        rows = report_rows(cfg, real, rows, ipcs, timing, write=first)
         if first:
             write_report(rows, out)
             for logger in make_loggers(cfg, out, job_type="eval"):

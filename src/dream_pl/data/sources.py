@@ -25,8 +25,20 @@ from torch import Tensor
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from dream_pl.data.prepared import prepare, prepared_key, read_prepared
-from dream_pl.data.specs import DatasetSpec, spec_for
+from dream_pl.data.folder import (
+    FOLDER,
+    FOLDER_DEFAULTS,
+    FolderDatasetError,
+    FolderLayout,
+    FolderOptions,
+    all_grey,
+    decode_images,
+    folder_options,
+    resize_crop,
+    scan,
+)
+from dream_pl.data.prepared import pixel_stats, prepare, prepared_key, read_prepared
+from dream_pl.data.specs import DatasetSpec, folder_spec, spec_for
 from dream_pl.errors import UserError
 
 log = logging.getLogger("dream_pl.data")
@@ -152,16 +164,9 @@ def _imagenet_items(folder: Path, classes: Sequence[str]) -> list[list[tuple[str
     return [make_dataset(str(folder / s), index, IMG_EXTENSIONS) for s in ("train", "val")]
 
 
-def _resize(size: int) -> Callable:
-    """Shorter side to ``size``, then a centre crop, as the reference does; kept as uint8."""
-    return transforms.Compose(
-        [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
-    )
-
-
 def _read_imagenet(folder: Path, classes: Sequence[str], size: int) -> _Splits | None:
     splits = _imagenet_items(folder, classes)
-    return None if splits is None else [_decode(samples, _resize(size)) for samples in splits]
+    return None if splits is None else [_decode(samples, resize_crop(size)) for samples in splits]
 
 
 def _first_wnids(folder: Path, nclass: int) -> list[str]:
@@ -298,15 +303,19 @@ def load_dataset(
         name: A key of `dream_pl.data.DATASETS`.
         data_dir: Folder searched first and downloaded into (torchvision layout).
         download: Allow a torchvision download into ``data_dir`` as a last resort.
-        **options: Dataset options; ``imagenet_subset`` takes ``classes`` (wnids) and ``size``.
+        **options: Dataset options; ``imagenet_subset`` takes ``classes`` (wnids) and ``size``; ``folder``
+            takes ``root``, ``size``, ``channels`` and ``test_split`` (:mod:`.folder`).
 
     Returns:
         The splits, with ``source`` saying where they were found.
 
     Raises:
         DatasetNotFoundError: The files are nowhere and could not be downloaded.
+        FolderDatasetError: A folder dataset's tree or one of its images cannot be used (named).
     """
     options = _with_defaults(name, options)
+    if name == FOLDER:
+        return _load_folder(Path(data_dir) if data_dir is not None else None, options)
     spec = spec_for(name, options)
     if name == "mnist_5k":
         return _report(name, _load_mnist_5k(spec))
@@ -333,19 +342,98 @@ def load_dataset(
 
 def _with_defaults(name: str, options: dict) -> dict:
     """A dataset's loader options with its defaults filled in; an option it does not take is refused."""
+    if name == FOLDER:
+        return {**FOLDER_DEFAULTS, **options}  # checked, with their names, by folder_options
     defaults = _SOURCES[name].defaults if name in _SOURCES else {}  # mnist_5k takes none
     if unknown := set(options) - set(defaults):
         raise TypeError(f"Dataset {name!r} takes no options {sorted(unknown)}.")
     return {**defaults, **options}
 
 
+def _folder_key(layout: FolderLayout, options: FolderOptions) -> str:
+    """A folder dataset's prepared name: its root's name and files' digest, its channels and size."""
+    label = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in layout.root.resolve().name) or "root"
+    shape = {"channels": options.channels, "size": options.size}
+    return prepared_key(FOLDER, shape, source=f"{label}-{layout.digest()}")
+
+
+def _measured(layout: FolderLayout, options: FolderOptions, mean: Sequence, std: Sequence) -> DatasetSpec:
+    """The spec with the training images' mean and std; a channel of one value everywhere is refused."""
+    if flat := [c for c, s in enumerate(std) if s == 0]:
+        raise FolderDatasetError(
+            f"every training pixel of {layout.root / 'train'} has the value {mean[flat[0]] * 255:.0f} in "
+            f"channel {flat[0]}: the images hold nothing to learn; allowed: images that differ"
+        )
+    return folder_spec(layout, options, tuple(mean), tuple(std))
+
+
+def _say_if_grey(modes: set[str], options: FolderOptions) -> None:
+    if options.channels == 3 and all_grey(modes):
+        log.info(
+            "%s: every image is greyscale; dataset.options.channels=1 would store one channel, not three "
+            "copies, and take the greyscale recipe",
+            options.root,
+        )
+
+
+def _load_folder(base: Path | None, options: dict) -> RealData:
+    """A folder dataset: its prepared copy in ``base/prepared/`` if one matches the tree, else its images.
+
+    The training images' mean and std are measured (:func:`.prepared.pixel_stats`): a folder has no
+    published constants, and ImageNet's would misplace a greyscale or unusual set's pixels.
+    """
+    checked = folder_options(options)
+    layout = scan(checked)
+    if base is not None:
+        folder = base / "prepared" / _folder_key(layout, checked)
+        if (prepared := read_prepared(folder)) is not None:
+            meta, ((x_train, y_train), (x_test, y_test)) = prepared
+            spec = _measured(layout, checked, meta["mean"], meta["std"])
+            return _report(FOLDER, RealData(spec, x_train, y_train, x_test, y_test, source=str(folder)))
+    modes: set[str] = set()
+    train = [decode_images(files, checked.size, checked.channels, modes) for files in layout.train]
+    test = [decode_images(files, checked.size, checked.channels, modes) for files in layout.test]
+    _say_if_grey(modes, checked)
+    spec = _measured(layout, checked, *pixel_stats(train))
+    x_train, y_train, x_test, y_test = torch.cat(train), _labels(train), torch.cat(test), _labels(test)
+    return _report(FOLDER, RealData(spec, x_train, y_train, x_test, y_test, source=str(layout.root)))
+
+
+def _labels(per_class: Sequence[Tensor]) -> Tensor:
+    """Class-sorted labels of images decoded class by class."""
+    counts = torch.tensor([len(images) for images in per_class])
+    return torch.arange(len(per_class)).repeat_interleave(counts)
+
+
+def _prepare_folder(data_dir: Path, options: dict, progress: bool) -> Path:
+    """Decode a folder dataset class by class into ``data_dir/prepared/``, its mean and std measured."""
+    checked = folder_options(options)
+    layout = scan(checked)
+    spec = folder_spec(layout, checked)
+    modes: set[str] = set()
+    per_class = list(zip(layout.classes, layout.train, layout.test, strict=True))
+    folder = prepare(
+        spec,
+        data_dir / "prepared" / _folder_key(layout, checked),
+        per_class,
+        lambda files: decode_images(files, checked.size, checked.channels, modes),
+        progress=progress,
+        stats=True,
+    )
+    _say_if_grey(modes, checked)
+    _measured(layout, checked, *(read_prepared(folder)[0][k] for k in ("mean", "std")))
+    return folder
+
+
 def prepare_dataset(name: str, data_dir: Path, *, progress: bool = True, **options: object) -> Path:
     """Convert ``name`` (with its options) into ``data_dir/prepared/<key>/`` (see :mod:`.prepared`).
 
-    ImageNet folders are decoded class by class, so memory holds one class at a time; other datasets are
-    loaded as usual and split into classes.
+    ImageNet and folder datasets are decoded class by class, so memory holds one class at a time (a folder's
+    mean and std are measured into ``meta.json``); other datasets are loaded as usual and split into classes.
     """
     options = _with_defaults(name, options)
+    if name == FOLDER:
+        return _prepare_folder(data_dir, options, progress)
     spec = spec_for(name, options)
     folder = data_dir / "prepared" / prepared_key(name, options)
     if name in ("imagenet", "imagenet_subset"):
@@ -370,7 +458,7 @@ def prepare_dataset(name: str, data_dir: Path, *, progress: bool = True, **optio
             for c, w in enumerate(wnids)
         ]
         return prepare(
-            spec, folder, per_class, lambda its: _decode(its, _resize(spec.size))[0], progress=progress
+            spec, folder, per_class, lambda its: _decode(its, resize_crop(spec.size))[0], progress=progress
         )
     data = load_dataset(name, data_dir, **options)
     per_class = [

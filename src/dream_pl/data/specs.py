@@ -1,13 +1,17 @@
 """Static facts about each supported dataset: shape, class count and normalisation constants.
 
 The constants are the ones the reference code normalises with (IDC/DREAM `data.py`), so that
-distilled images stay comparable with the published ones.
+distilled images stay comparable with the published ones. A folder of your own images (``dataset=folder``)
+has no static facts: its spec is read from its options and its listed tree (:func:`spec_for`), and its mean
+and std are measured from its training images when they load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+
+from dream_pl.data.folder import FOLDER, FolderLayout, FolderOptions, folder_options, scan
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,9 @@ class DatasetSpec:
         channels: Image channels C.
         size: Image height and width H = W after loading.
         num_classes: Number of classes K; labels are 0..K-1.
-        mean: Per-channel mean of pixels in [0, 1].
-        std: Per-channel standard deviation of pixels in [0, 1].
+        mean: Per-channel mean of pixels in [0, 1]; empty for a folder dataset whose images are not loaded
+            (measured from them on load), so normalising with it fails instead of using a guess.
+        std: Per-channel standard deviation of pixels in [0, 1]; empty where ``mean`` is.
         smallest_class: Training images in the smallest class, where the dataset fixes it (None where
             its options choose the images, or unrecorded): lets sizes be refused before the data loads.
     """
@@ -55,6 +60,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("imagenet", 3, 64, 1000, *_IMAGENET_STATS),  # options: nclass (first N wnids), size
     )
 }
+DATASET_NAMES: tuple[str, ...] = (*DATASETS, FOLDER)  # every dataset= name: the registry and a folder
 
 
 def get_spec(name: str, **overrides: int) -> DatasetSpec:
@@ -73,16 +79,43 @@ def get_spec(name: str, **overrides: int) -> DatasetSpec:
     Raises:
         ValueError: For an unknown name or an override other than ``size``/``num_classes``.
     """
+    if name == FOLDER:
+        raise ValueError("A folder dataset's spec depends on its tree: use spec_for('folder', options).")
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; allowed names: {', '.join(DATASETS)}.")
+        raise ValueError(f"Unknown dataset {name!r}; allowed names: {', '.join(DATASET_NAMES)}.")
     unknown = set(overrides) - {"size", "num_classes"}
     if unknown:
         raise ValueError(f"get_spec accepts only size/num_classes overrides, got {sorted(unknown)}.")
     return replace(DATASETS[name], **overrides)
 
 
+def folder_spec(
+    layout: FolderLayout,
+    options: FolderOptions,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+) -> DatasetSpec:
+    """A folder dataset's spec: its options' shape, its tree's classes and smallest class, measured stats."""
+    return DatasetSpec(
+        FOLDER,
+        options.channels,
+        options.size,
+        len(layout.classes),
+        mean,
+        std,
+        smallest_class=min(layout.class_sizes),
+    )
+
+
 def spec_for(name: str, options: Mapping[str, object]) -> DatasetSpec:
-    """The spec of ``name`` with the shape its loader options choose: ``size``, ``classes`` or ``nclass``."""
+    """The spec of ``name`` with the shape its loader options choose: ``size``, ``classes`` or ``nclass``.
+
+    A folder dataset's tree is listed (no image opened): its classes and smallest class come from there,
+    and its mean and std stay empty until the images load.
+    """
+    if name == FOLDER:
+        checked = folder_options(options)
+        return folder_spec(scan(checked), checked)
     shape = {"size": int(options["size"])} if "size" in options else {}
     if "classes" in options:
         shape["num_classes"] = len(options["classes"])

@@ -102,7 +102,8 @@ def evaluate_set(
 
     Args:
         factory: builds one network of architecture ``model``.
-        images: [N, C, H, W] pixel-space training images.
+        images: [N, C, H, W] pixel-space training images: float, or uint8 (0..255) as a dataset stores them,
+            which the evaluator keeps 8-bit and converts a batch at a time (a whole training set's memory).
         labels: [N] their labels.
         test: real test images (uint8 [M, C, H, W]) and labels.
         model: architecture name (for the report).

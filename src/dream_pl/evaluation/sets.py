@@ -19,11 +19,12 @@ BASELINES = ("random", "herding", "kcenter", "whole")
 # The set labels of eval.json, tables, logger keys and sweep reports: one vocabulary for every entry point.
 DISTILLED = "distilled"  # a learned synthetic set
 INITIALISATION = "initialisation"  # the synthetic set before the first step (synthetic_init.pt)
+WHOLE = "whole real set"  # every training image (also the whole-set reference of IOR / HLR)
 
 
 def baseline_label(name: str, ipc: int) -> str:
     """Label of a real-image baseline: ``random real (ipc 10)``, ..., ``whole real set``."""
-    return "whole real set" if name == "whole" else f"{name} real (ipc {ipc})"
+    return WHOLE if name == "whole" else f"{name} real (ipc {ipc})"
 
 
 def is_random_baseline(label: str) -> bool:
@@ -65,11 +66,13 @@ def baseline_set(
     """``ipc`` real images per class chosen at random / by herding / by k-center, or the whole set.
 
     Herding and k-center select on ``net``'s features (the caller decides how that network was trained).
+    The whole set is the dataset's own uint8 images (no copy): the evaluator turns them into the same pixels
+    a batch at a time, so 60,000 images never sit in memory as floats.
     """
     if name not in BASELINES:
         raise ValueError(f"baseline {name!r} is not one of {', '.join(BASELINES)}")
     if name == "whole":
-        return real.train_images.float() / 255, real.train_labels.clone()
+        return real.train_images, real.train_labels.clone()
     rs = RealSet.from_data(real, "train")
     g = generator(seed, "baseline", name)
     picks = []

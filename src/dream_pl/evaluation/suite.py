@@ -65,9 +65,17 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
 
 
 def evaluate_sets(
-    cfg: DictConfig, real: RealData, sets: dict[str, tuple[Tensor, Tensor]], protocol: EvalProtocol
+    cfg: DictConfig,
+    real: RealData,
+    sets: dict[str, tuple[Tensor, Tensor]],
+    protocol: EvalProtocol,
+    *,
+    models: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every (architecture of ``evaluation.models``, labelled set) pair under ``protocol``.
+    """Every (architecture, labelled set) pair under ``protocol``.
+
+    The architectures are ``models``, default ``evaluation.models``.
+    A row is the :class:`EvalResult` of a pair with its set's label and the protocol's epochs and repeats.
 
     In a run sharded over processes (``trainer=ddp``) the (pair, repeat) units are dealt out like classes,
     each process stacks the repeats it got of a pair, and the rows are gathered on every process: the same
@@ -75,10 +83,11 @@ def evaluate_sets(
     trains on streams of its own). ``seconds`` of a row is then its slowest process's. One bar
     (:class:`EvaluationBar`, rank 0's share) shows the sets x repeats x epochs as they train.
     """
-    pairs = [(name, label) for name in cfg.evaluation.models for label in sets]
+    models = list(cfg.evaluation.models if models is None else models)
+    pairs = [(name, label) for name in models for label in sets]
     repeats = protocol.repeats
     shard = Shard.current(len(pairs) * repeats)
-    evaluators = {name: set_evaluator(cfg, name, real) for name in cfg.evaluation.models}
+    evaluators = {name: set_evaluator(cfg, name, real) for name in models}
     mine: dict[int, list[int]] = {}
     for unit in shard.classes:
         mine.setdefault(unit // repeats, []).append(unit % repeats)
@@ -108,5 +117,7 @@ def evaluate_sets(
             accuracies=[accuracy[r] for r in range(repeats)],
             seconds=max(result.seconds for _, result in shares),
         )
-        rows.append({"set": pairs[i][1], **result.as_dict()})
+        rows.append(
+            {"set": pairs[i][1], **result.as_dict(), "epochs": protocol.epochs, "repeats": protocol.repeats}
+        )
     return rows
