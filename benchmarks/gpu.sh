@@ -46,8 +46,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$out/sum
 
 if has tests; then
   TAIL=6 stage 150 tests python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
-    tests/test_engine.py tests/test_augment.py tests/test_evaluation.py tests/test_evaluator_graphs.py \
-    tests/test_clustering.py
+    tests/test_engine.py tests/test_methods.py tests/test_augment.py tests/test_evaluation.py \
+    tests/test_evaluator_graphs.py tests/test_clustering.py
 fi
 step=(python3 benchmarks/step.py --device "$device" --steps "$steps" --warmup 3 --data-dir "$DREAM_DATA_DIR")
 if has step; then
