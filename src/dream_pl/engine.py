@@ -41,7 +41,7 @@ from dream_pl.samplers import Sampler
 from dream_pl.schemas import DistillConfig
 from dream_pl.seeding import derive, generator
 from dream_pl.sharding import Shard
-from dream_pl.synthetic import SyntheticSet, decode_classes
+from dream_pl.synthetic import SyntheticSet, decode, decode_classes
 
 log = logging.getLogger(__name__)
 Logs = dict[str, Tensor | float]
@@ -353,11 +353,13 @@ class Engine:
         return x, y
 
     def _synthetic_batch(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        """A random batch of the decoded synthetic set, as constants (DC: a detached copy)."""
-        x, y = decode_classes(
-            self.synthetic.images.detach(), self.shard.classes, self.cfg.ipc, self.cfg.factor
-        )
-        idx = draw_indices(len(x), min(self.cfg.batch_real, len(x)), g).to(x.device)
+        """A random batch of the decoded synthetic set, as constants (DC: a detached copy).
+
+        Its labels were made once (:meth:`prepare`): nothing crosses from the host while a graph captures.
+        """
+        stored, y = self.synthetic.images.detach(), self._syn_labels
+        x = torch.cat([decode(block, self.cfg.factor) for block in stored.split(self.cfg.ipc)])
+        idx = draw_indices(len(x), min(self.cfg.batch_real, len(x)), g)
         return self.real.normalize(x[idx]), y[idx]
 
     def _network_update(self, feed: Callable[[torch.Generator], tuple[Tensor, Tensor]]) -> Tensor:
@@ -426,6 +428,7 @@ class Engine:
         self._gens = {c: torch.Generator(device=device) for c in self.shard.classes}
         self._net_gen = torch.Generator(device=device)
         self._owned_rows = torch.tensor(self.shard.classes, dtype=torch.long, device=device)  # into [K]
+        self._syn_labels = self._owned_rows.repeat_interleave(self.cfg.ipc * self.cfg.factor**2)
         # every process starts from rank 0's network (replicated work may differ in the last bit)
         self.shard.broadcast_([p.data for p in self.net.parameters()])
 
