@@ -69,16 +69,18 @@ PAPER = {  # CIFAR-10 IPC 10, ConvNet-3 (Table 3; DM from Table 1): the GPU pres
 # outer iteration's 4 clustering events fall on a trained network (the paper: 9 of 10); DC's and DSA's IPC 10
 # loops (10 matches, 50 synthetic epochs between them) are kept at IPC 1 (where DC's own loop, 1 match per
 # network, would never train one) with I_int 5 (one event of two on a trained network), over 6 networks
-# instead of 1,000; DM keeps one match per network, 80 of them instead of 20,000 (with RM, every network is
+# instead of 1,000; DM keeps one match per network, 200 of them instead of 20,000 (with RM, every network is
 # a fresh one: DM draws one per match).
-# The diagnostics (a few seconds each on the CPU) run at every other event of IDC's schedule (inner 0 and 10:
-# one on a fresh network, one on a trained one) and at every event of DC's (inner 0 and 5) and DM's.
+# The diagnostics (a few seconds each on the CPU for IDC's 64-image batches, ~10x that for DC's and DM's 256)
+# run at every other event of IDC's schedule (inner 0 and 10: one on a fresh network, one on a trained one),
+# at every third of DC's (every 15 inner steps: inner 0 and 5 alternate, 4 events a run) and every 50th DM
+# iteration (4 a run).
 METHOD_SCALE = {
     "idc": ("iterations=6", "distill.inner_loops=20", "distill.batch_real=64", "distill.n_data=256",
             "distill.lr_img=1.0e-2", "eval_every=2", "diagnostics_every=10"),
     "dc": ("iterations=6", "distill.inner_loops=10", "distill.net_epochs=50", "eval_every=2",
-           "diagnostics_every=5"),
-    "dm": ("iterations=80", "eval_every=20", "distill.save_every=20", "diagnostics_every=5"),
+           "diagnostics_every=15"),
+    "dm": ("iterations=200", "eval_every=40", "distill.save_every=40", "diagnostics_every=50"),
     "dream_plus": ("iterations=6", "distill.inner_loops=20", "distill.batch_real=64", "distill.n_data=256",
                    "distill.lr_img=1.0e-2", "eval_every=2", "distill.warmup_epochs=0.05",
                    "diagnostics_every=10"),
