@@ -7,7 +7,8 @@ outer iteration 0, ``init=kmeans`` with the option's ``init.kmeans_init`` and ``
 ``init=random``: random real images, IDC's init, as the floor), decodes the initial set and evaluates it
 under the preset's protocol. The same options after distillation are the ``dream+pp/px/pppx`` cells of
 ``benchmarks/table3.py``.
-Writes init_options.md into --out. Run: python benchmarks/init_options.py [--ipcs 1,10] [--seeds 0,1,2]
+Writes init_options_ipc<ipcs>.md into --out.
+Run: python benchmarks/init_options.py [--ipcs 1,10] [--seeds 0,1,2] [overrides, e.g. evaluation.epochs=300]
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     loaded: dict = {}
     lines = [
-        f"preset `{args.preset}`; the initial set of each option, evaluated before any matching; mean ± std "
-        f"over seeds {args.seeds} of each seed's mean over the protocol's repeats",
+        f"preset `{args.preset}` with {' '.join(args.overrides) or 'no overrides'}; the initial set of each "
+        f"option, evaluated before any matching; mean ± std over seeds {args.seeds} of each seed's mean over "
+        "the protocol's repeats",
         "",
         "| IPC | init | top-1 (%) | per seed | seconds |",
         "|---|---|---|---|---|",
@@ -87,7 +89,7 @@ def main() -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "init_options.md").write_text(report)
+    (Path(args.out) / f"init_options_ipc{args.ipcs.replace(',', '_')}.md").write_text(report)
 
 
 if __name__ == "__main__":
