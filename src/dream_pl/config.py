@@ -54,6 +54,7 @@ GROUPS = (
     "experiment",
     "debug",
 )
+LR_AUTO = "auto"  # evaluation.lr: chosen from evaluation.lr_grid on the held-out validation split
 MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision: strict fp32 | TF32
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what this project runs on (Lightning's names)
 T = TypeVar("T")
@@ -91,7 +92,12 @@ WholeProtocolSchema = block_schema(  # evaluation.whole_protocol: what the whole
 EvaluationSchema = block_schema(
     EvalProtocol,
     "EvaluationSchema",
+    omit=["lr"],
     extra=[
+        ("lr", Any, field(default=MISSING)),  # a number, or "auto" (LR_AUTO)
+        ("validation_per_class", int, field(default=MISSING)),
+        ("lr_grid", list[float], field(default=MISSING)),
+        ("lr_search_repeats", int, field(default=MISSING)),
         ("enabled", bool, field(default=MISSING)),
         ("models", list[str], field(default=MISSING)),
         ("baseline", bool, field(default=MISSING)),
@@ -500,15 +506,30 @@ def validate_evaluation(ev: DictConfig) -> None:
         isinstance(ev.whole, bool),
         f"evaluation.whole={ev.whole!r} must be true or false (train the whole-set reference, or not)",
     )
-    _check_protocol_values("evaluation", ev)
+    _check_protocol_values("evaluation", ev, auto_lr=True)
     _check_protocol_values("evaluation.whole_protocol", ev.whole_protocol)
+    _require_int("evaluation.validation_per_class", ev.validation_per_class)
+    _require_int("evaluation.lr_search_repeats", ev.lr_search_repeats)
+    grid = ev.lr_grid
+    _require(
+        OmegaConf.is_list(grid) and len(grid) > 0 and all(_is_number(v) and v > 0 for v in grid),
+        f"evaluation.lr_grid={grid!r} must be a non-empty list of lrs > 0, e.g. [0.003, 0.01, 0.03]",
+    )
 
 
-def _check_protocol_values(name: str, node: DictConfig) -> None:
-    """The training recipe of an evaluation block (``evaluation`` or its ``whole_protocol``)."""
+def _check_protocol_values(name: str, node: DictConfig, *, auto_lr: bool = False) -> None:
+    """The training recipe of an evaluation block (``evaluation`` or its ``whole_protocol``).
+
+    ``auto_lr``: the block's lr may also be ``auto`` (chosen on the validation split).
+    """
     for key in ("repeats", "epochs", "batch_size"):
         _require_int(f"{name}.{key}", node[key])
-    _require_number(f"{name}.lr", node.lr, positive=True)
+    if not (auto_lr and node.lr == LR_AUTO):
+        _require(
+            _is_number(node.lr) and node.lr > 0,
+            f"{name}.lr={node.lr!r} must be a finite number > 0"
+            + (f" or {LR_AUTO!r} (chosen on the validation split)" if auto_lr else ""),
+        )
     _require_number(f"{name}.lr_gamma", node.lr_gamma, positive=True)
     for key in ("momentum", "weight_decay"):
         _require_number(f"{name}.{key}", node[key], positive=False)
@@ -634,6 +655,24 @@ def check_baseline_ipc(cfg: DictConfig, smallest: int, label: str | None = None)
         f"ipc={cfg.ipc} is too large for the {target} baseline: the smallest class of "
         f"{label or cfg.dataset.name} has {smallest} images; allowed: 1..{smallest}",
     )
+    check_validation_split(cfg, smallest, label, 1 if target == "whole" else cfg.ipc)
+
+
+def check_validation_split(cfg: DictConfig, smallest: int, label: str | None, baseline: int) -> None:
+    """With ``evaluation.lr=auto``: the validation split and ``baseline`` images per class fit every class.
+
+    The baseline draws from the images the split leaves.
+    """
+    ev = cfg.evaluation
+    if ev.lr != LR_AUTO:
+        return
+    most = smallest - baseline
+    _require(
+        ev.validation_per_class <= most,
+        f"evaluation.validation_per_class={ev.validation_per_class} is too large: the smallest class of "
+        f"{label or cfg.dataset.name} has {smallest} images and {baseline} per class stay for the baseline; "
+        f"allowed: 1..{most}",
+    )
 
 
 def validate_against_data(cfg: DictConfig, class_sizes: list[int], label: str | None = None) -> None:
@@ -660,6 +699,8 @@ def validate_against_data(cfg: DictConfig, class_sizes: list[int], label: str | 
             int(s.batch_size) <= smallest,
             f"sampler.batch_size={s.batch_size} is too large: {where}",
         )
+    if cfg.evaluation.enabled:
+        check_validation_split(cfg, smallest, label, int(cfg.ipc))
     per_class = int(cfg.ipc) * int(cfg.distill.factor) ** 2
     if not str(cfg.init.get("_target_", "")).endswith("NoiseInit"):
         _require(
@@ -677,7 +718,7 @@ def protocol_from(ev: DictConfig, *, periodic: bool = False, whole: bool = False
     ``evaluation.whole_protocol`` (the whole-set reference), with the block's test batch and execution
     (``stacked``, ``compile``), which do not change what is measured.
     """
-    protocol = from_block(EvalProtocol, ev, "evaluation")
+    protocol = from_block(EvalProtocol, ev, "evaluation", lr=None if ev.lr == LR_AUTO else ev.lr)
     if periodic:
         protocol = replace(protocol, epochs=ev.periodic.epochs, repeats=ev.periodic.repeats)
     if whole:

@@ -67,7 +67,7 @@ class EvalProtocol:
     epochs: int
     repeats: int
     batch_size: int
-    lr: float
+    lr: float | None  # None: chosen on a validation split (evaluation.lr=auto; dream_pl.evaluation.selection)
     momentum: float
     weight_decay: float
     lr_milestones: tuple[float, ...]
@@ -97,7 +97,8 @@ class EvalProtocol:
         aug = self.dsa or "no DSA"
         mix = f" + CutMix p={self.cutmix_p}" if self.cutmix_p > 0 else ""
         return (
-            f"{self.epochs} epochs, SGD lr {self.lr} (x{self.lr_gamma} at {list(self.milestones())}), "
+            f"{self.epochs} epochs, SGD lr {'auto' if self.lr is None else self.lr} "
+            f"(x{self.lr_gamma} at {list(self.milestones())}), "
             f"batch {self.batch_size}, DSA {aug}{mix}, {self.repeats} repeat{'s' * (self.repeats != 1)}, "
             "final-epoch test accuracy"
         )

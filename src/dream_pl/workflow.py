@@ -48,7 +48,7 @@ from dream_pl.evaluation.sets import (
     baseline_set,
     load_set,
 )
-from dream_pl.evaluation.suite import evaluate_sets, network_for, set_evaluator
+from dream_pl.evaluation.suite import evaluate_sets, excluded_from_baselines, network_for, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runlock import RunLock
@@ -216,7 +216,9 @@ def evaluate_run(
         if init.is_file():
             initial = load_set(init, data)
             sets[INITIALISATION] = (initial.images, initial.labels)
-        sets[baseline_label("random", cfg.ipc)] = baseline_set("random", data, cfg.ipc, seed=cfg.seed)
+        sets[baseline_label("random", cfg.ipc)] = baseline_set(
+            "random", data, cfg.ipc, seed=cfg.seed, exclude=excluded_from_baselines(cfg, data)
+        )
     start = time.perf_counter()
     rows = evaluate_sets(cfg, data, sets, protocol_from(cfg.evaluation))
     timing = {"distill_seconds": distill_seconds, "eval_seconds": time.perf_counter() - start}
@@ -295,7 +297,8 @@ def evaluation_inputs(
         check_baseline_ipc(cfg, min(RealSet.from_data(real, "train").class_sizes))
         net = network_for(cfg, real.spec)()
         label = baseline_label(target, cfg.ipc)
-        images = baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net)
+        exclude = excluded_from_baselines(cfg, real)
+        images = baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net, exclude=exclude)
         return {label: images}, {label: None if target == "whole" else cfg.ipc}
     synthetic = read_set(
         target,
@@ -309,7 +312,8 @@ def evaluation_inputs(
     ipcs: dict[str, int | None] = {DISTILLED: synthetic.ipc}
     if cfg.evaluation.baseline:
         label = baseline_label("random", synthetic.ipc)
-        sets[label] = baseline_set("random", real, synthetic.ipc, seed=cfg.seed)
+        exclude = excluded_from_baselines(cfg, real)
+        sets[label] = baseline_set("random", real, synthetic.ipc, seed=cfg.seed, exclude=exclude)
         ipcs[label] = synthetic.ipc
     return sets, ipcs
 

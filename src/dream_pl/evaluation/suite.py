@@ -14,9 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from dream_pl.data import DatasetSpec, RealData
+from dream_pl.config import LR_AUTO
+from dream_pl.data import DatasetSpec, RealData, RealSet
 from dream_pl.evaluation.progress import EvaluationBar
 from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
+from dream_pl.evaluation.selection import search_lr, selection_note
+from dream_pl.evaluation.sets import held_out, validation_set
 from dream_pl.models import network_factory
 from dream_pl.sharding import Shard
 
@@ -34,7 +37,10 @@ def network_for(cfg: DictConfig, spec: DatasetSpec, name: str | None = None) -> 
 
 
 def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., EvalResult]:
-    """``(images, labels, protocol[, repeat_ids]) -> EvalResult``: ``name`` tested on ``real``'s test set."""
+    """``(images, labels, protocol[, repeat_ids]) -> EvalResult``: ``name`` tested on ``real``'s test set.
+
+    ``test``: score on these images instead (the validation split of an lr search).
+    """
     factory = network_for(cfg, real.spec, name)
 
     def run(
@@ -44,12 +50,13 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
         protocol: EvalProtocol,
         repeat_ids: list[int] | None = None,
         on_epoch: Callable[[int], object] | None = None,
+        test: tuple[Tensor, Tensor] | None = None,
     ) -> EvalResult:
         return evaluate_set(
             factory,
             images,
             labels,
-            (real.test_images, real.test_labels),
+            (real.test_images, real.test_labels) if test is None else test,
             model=name,
             mean=real.spec.mean,
             std=real.spec.std,
@@ -62,6 +69,13 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
         )
 
     return run
+
+
+def excluded_from_baselines(cfg: DictConfig, real: RealData) -> list[Tensor] | None:
+    """The validation split baselines must not draw from: only when evaluation chooses something on it."""
+    if cfg.evaluation.lr != LR_AUTO:
+        return None
+    return held_out(RealSet.from_data(real, "train"), cfg.evaluation.validation_per_class, cfg.seed)
 
 
 def evaluate_sets(
@@ -82,7 +96,14 @@ def evaluate_sets(
     rows, in the same order, with the same per-repeat accuracies as one process computes (every repeat
     trains on streams of its own). ``seconds`` of a row is then its slowest process's. One bar
     (:class:`EvaluationBar`, rank 0's share) shows the sets x repeats x epochs as they train.
+
+    A protocol without an lr (``evaluation.lr=auto``) first searches ``evaluation.lr_grid`` for each pair on
+    the validation split (:mod:`dream_pl.evaluation.selection`; every process holding a repeat of the pair
+    runs the same seeded search); the row records the chosen lr, the search and what it was chosen on.
     """
+    ev = cfg.evaluation
+    search = protocol.lr is None
+    validation = validation_set(real, ev.validation_per_class, cfg.seed) if search else None
     models = list(cfg.evaluation.models if models is None else models)
     pairs = [(name, label) for name in models for label in sets]
     repeats = protocol.repeats
@@ -93,31 +114,57 @@ def evaluate_sets(
         mine.setdefault(unit // repeats, []).append(unit % repeats)
     parts = {}
     shown = bool(cfg.trainer.get("enable_progress_bar", True)) and shard.rank == 0
-    with EvaluationBar(sum(map(len, mine.values())) * protocol.epochs, enabled=shown) as bar:
+    searched = len(mine) * len(ev.lr_grid) * ev.lr_search_repeats if search else 0
+    total = (sum(map(len, mine.values())) + searched) * protocol.epochs
+    with EvaluationBar(total, enabled=shown) as bar:
         for i, ids in mine.items():
             name, label = pairs[i]
             images, labels = sets[label]
+            chosen, note = protocol, None
+            if search:
+                bar.describe(f"{label}, lr search", name, ev.lr_search_repeats)
+                lr, scores = search_lr(
+                    evaluators[name],
+                    images,
+                    labels,
+                    protocol,
+                    grid=list(ev.lr_grid),
+                    repeats=ev.lr_search_repeats,
+                    validation=validation,
+                    on_epoch=bar.advance,
+                )
+                chosen = replace(protocol, lr=lr)
+                note = {"lr_search": scores, "selected": selection_note(lr, scores, ev.validation_per_class)}
             bar.describe(label, name, len(ids))
             result = evaluators[name](
                 images,
                 labels,
-                protocol=protocol,
+                protocol=chosen,
                 repeat_ids=None if shard.world == 1 else ids,
                 on_epoch=bar.advance,
             )
-            parts[i] = (ids, result)
+            if note:  # the protocol as configured ("lr auto"); the row's lr and note say what was chosen
+                result = replace(result, protocol=protocol.describe())
+            parts[i] = (ids, result, chosen.lr, note)
     merged = shard.merge({(i, shard.rank): part for i, part in parts.items()})
     rows = []
     for i in range(len(pairs)):
         shares = [part for (j, _), part in sorted(merged.items()) if j == i]
-        accuracy = dict(pair for ids, result in shares for pair in zip(ids, result.accuracies, strict=True))
-        first = shares[0][1]
+        accuracy = {r: a for ids, result, *_ in shares for r, a in zip(ids, result.accuracies, strict=True)}
+        _, first, lr, note = shares[0]
         result = replace(
             first,
             accuracies=[accuracy[r] for r in range(repeats)],
-            seconds=max(result.seconds for _, result in shares),
+            seconds=max(result.seconds for _, result, *_ in shares),
         )
         rows.append(
-            {"set": pairs[i][1], **result.as_dict(), "epochs": protocol.epochs, "repeats": protocol.repeats}
+            {
+                "set": pairs[i][1],
+                **result.as_dict(),
+                "epochs": protocol.epochs,
+                "repeats": protocol.repeats,
+                "lr": lr,
+                **(note or {}),
+            }
         )
     return rows

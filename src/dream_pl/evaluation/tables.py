@@ -29,6 +29,7 @@ CSV_COLUMNS = (
     "images",
     "repeats",
     "epochs",
+    "lr",
     "seconds",
     "protocol",
 )
@@ -53,6 +54,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if base is not None and r is not base and r["set"] != WHOLE:
             gain = r["mean"] - base["mean"]
             lines.append(f"\n{r['set']} vs {base['set']} ({r['model']}): {gain:+.1f} points")
+    lines += [f"\n{r['set']} ({r['model']}): {r['selected']}" for r in rows if "selected" in r]
     lines += score_lines(rows)
     if rows:
         lines.append(f"\nprotocol: {rows[0]['protocol']}")
