@@ -16,13 +16,15 @@ class against a random batch's, MMD of each to the class). The K-means cells var
 
 ``--scale cpu`` (default) shrinks each method's schedule to a 2-core CPU (METHOD_SCALE, stated in the report);
 ``--scale none`` runs the methods' own schedules (the GPU preset, ``table3_gpu``: CIFAR-10 IPC 10).
-Writes table3.md and table3.png into --out.
+Writes table3.md and table3.png into --out. IOR and HLR come from ``dream_pl.evaluate`` runs of random real
+images (and one with ``evaluation.whole=true``) under the same model and protocol in <out>/runs/references/.
 Run: python benchmarks/table3.py [--preset table3_cpu] [--seeds 0,1,2] [--cells idc,dream,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from efficiency import _it, mean_curve, reaches, selection_series
 
+from dream_pl.evaluation.scores import NOT_MEASURED, hard_label_recovery, improvement_over_random
+from dream_pl.evaluation.sets import WHOLE, is_random_baseline
 from dream_pl.report import read_job, summarize
 
 # cell: (method, representative matching, clustering init, extra overrides)
@@ -137,19 +141,46 @@ def mechanism(jobs: list[dict], root: Path, cell: str) -> dict[str, float]:
     return out
 
 
-def summarise(runs: dict[str, list[dict]], out: Path, preset: str, scale: str, root: Path) -> str:
-    """The report table, curves and mechanism numbers; the figure (one panel per method)."""
+def references(folder: Path) -> dict[str, float]:
+    """Random real images and the whole set under the same protocol, from ``dream_pl.evaluate`` runs.
+
+    ``folder`` holds one run per seed (``synthetic=random`` with the preset's model and IPC; one of them with
+    ``evaluation.whole=true``): the mean over every run of the random rows and of the whole-set rows.
+    """
+    rows = [r for f in sorted(folder.glob("*/eval.json")) for r in json.loads(f.read_text())]
+    found = {}
+    for key, wanted in (("random", is_random_baseline), ("whole", lambda label: label == WHOLE)):
+        means = [r["mean"] for r in rows if wanted(r["set"])]
+        if means:
+            found[key] = statistics.fmean(means)
+            found[f"{key}_runs"] = len(means)
+    return found
+
+
+def summarise(
+    runs: dict[str, list[dict]], out: Path, preset: str, scale: str, root: Path, refs: dict[str, float]
+) -> str:
+    """The report table, curves and mechanism numbers; the figure (one panel per method).
+
+    ``refs`` (:func:`references`): random real images and the whole set, for each cell's IOR and HLR.
+    """
     cells = [c for c in CELLS if runs.get(c)]
     curves = {c: mean_curve(runs[c]) for c in cells}
+    said = {
+        key: f"{refs[key]:.1f} % (mean of {refs[f'{key}_runs']} runs)" if key in refs else NOT_MEASURED
+        for key in ("random", "whole")
+    }
     lines = [
         f"preset `{preset}`, scale `{scale}`; final = the preset's full evaluation at the end, mean ± std "
         "over the distillation seeds; reaches = first outer iteration whose periodic accuracy (seed mean) "
-        "is at least the baseline cell's last one",
+        "is at least the baseline cell's last one; IOR = final - random real images of the same IPC "
+        f"({said['random']}), HLR = whole training set ({said['whole']}) - final, in points "
+        "(docs/evaluation.md; the whole set's protocol is stated in docs/benchmarks.md)",
         "",
-        "| cell | method | RM | Init | seeds | final (%) | paper, CIFAR-10 IPC 10 (%) | curve end (%) "
-        "| baseline | reaches the baseline's curve end at | of | selected / random gradient distance "
-        "| MMD selected / random |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | method | RM | Init | seeds | final (%) | IOR | HLR | paper, CIFAR-10 IPC 10 (%) "
+        "| curve end (%) | baseline | reaches the baseline's curve end at | of "
+        "| selected / random gradient distance | MMD selected / random |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curve_rows = ["| cell | periodic accuracy by outer iteration, mean ± std over seeds (%) |", "|---|---|"]
     methods = sorted({CELLS[c][0] for c in cells}, key=list(METHOD_SCALE).index)
@@ -171,9 +202,11 @@ def summarise(runs: dict[str, list[dict]], out: Path, preset: str, scale: str, r
             if "distill/diag/mmd_selected" in mech and "distill/diag/mmd_random" in mech
             else "-"
         )
+        ior = f"{improvement_over_random(final['mean'], refs['random']):+.1f}" if "random" in refs else "-"
+        hlr = f"{hard_label_recovery(final['mean'], refs['whole']):+.1f}" if "whole" in refs else "-"
         lines.append(
             f"| {cell} | {method} | {'✓' if rm else '-'} | {'✓' if init else '-'} | {final['seeds']} "
-            f"| {final['mean']:.1f} ± {final['std']:.1f} | {PAPER.get(cell, '-')} "
+            f"| {final['mean']:.1f} ± {final['std']:.1f} | {ior} | {hlr} | {PAPER.get(cell, '-')} "
             f"| {means[-1]:.1f} ± {stds[-1]:.1f} | {base} | {reach} | {its[-1]:g} | {ratio} | {mmd} |"
         )
         curve_rows.append(
@@ -217,7 +250,8 @@ def main() -> None:
     runs = collect(out / "runs")
     if not runs:
         raise SystemExit(f"error: no finished jobs under {out / 'runs'}")
-    print(summarise(runs, out, args.preset, args.scale, out / "runs"))
+    refs = references(out / "runs" / "references")
+    print(summarise(runs, out, args.preset, args.scale, out / "runs", refs))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from dream_pl.config import validate
+from dream_pl.evaluation.scores import NOT_MEASURED
+from dream_pl.evaluation.sets import WHOLE
 
 BENCH = Path(__file__).parents[1] / "benchmarks"
 
@@ -62,11 +64,22 @@ def test_the_report_times_each_cell_against_its_methods_baseline(tmp_path):
     for seed in (0, 1):
         write_job(root, "dc", seed, 40.0 + seed, [30.0, 35.0, 38.0], 1.0)
         write_job(root, "dc+rm", seed, 42.0 + seed, [30.0, 38.5, 40.0], 0.9)
-    text = table3.summarise(table3.collect(root), tmp_path, "table3_cpu", "cpu", root)
+    for seed, random in ((0, 29.0), (1, 31.0)):  # dream_pl.evaluate runs of random real images; one whole set
+        ref = root / "references" / f"seed{seed}"
+        ref.mkdir(parents=True)
+        rows = [{"set": "random real (ipc 1)", "mean": random}] + [{"set": WHOLE, "mean": 90.0}] * (seed == 0)
+        (ref / "eval.json").write_text(json.dumps(rows))
+    refs = table3.references(root / "references")
+    assert refs == {"random": 30.0, "random_runs": 2, "whole": 90.0, "whole_runs": 1}
+    text = table3.summarise(table3.collect(root), tmp_path, "table3_cpu", "cpu", root, refs)
     main_table = text.split("\n\n")[1]  # the heading, then the table of finals (the curves follow)
     rows = {
         line.split(" | ")[0].strip("| "): line for line in main_table.splitlines() if line.startswith("| dc")
     }
-    assert "| 40.5 ± 0.5 | 44.9 |" in rows["dc"]
+    assert "| 40.5 ± 0.5 | +10.5 | +49.5 | 44.9 |" in rows["dc"]  # IOR 40.5 - 30, HLR 90 - 40.5
     assert "| dc | 2 | 4 | 0.90 |" in rows["dc+rm"]  # reaches dc's curve end (38.0) at outer iteration 2 of 4
+    assert "random real images of the same IPC (30.0 % (mean of 2 runs))" in text
     assert (tmp_path / "table3.png").is_file()
+    bare = table3.summarise(table3.collect(root), tmp_path, "table3_cpu", "cpu", root, {})
+    assert f"whole training set ({NOT_MEASURED})" in bare
+    assert "| 40.5 ± 0.5 | - | - | 44.9 |" in bare
