@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from dream_pl.config import ConfigError, protocol_from, validate_evaluation
 from dream_pl.data import load_dataset
 from dream_pl.evaluation.references import (
+    content_digest,
     fingerprint,
     fingerprint_inputs,
     read_reference,
@@ -229,6 +230,19 @@ def test_the_fingerprint_follows_what_the_accuracy_depends_on(compose_eval, tmp_
     cfg = reference_config(compose_eval, tmp_path)
     other = fingerprint_inputs(cfg, "resnet10", whole_protocol(cfg))
     assert other["model"] == {"name": "resnet10"}  # built with its defaults
+
+
+def test_a_folder_datasets_reference_follows_its_files_not_only_its_options(compose_eval, tmp_path, few):
+    """Same root and options, one pixel changed: another fingerprint (the digest is of the images)."""
+    cfg = reference_config(compose_eval, tmp_path)
+    changed = replace(few, train_images=few.train_images.clone())
+    changed.train_images[0, 0, 0, 0] += 1
+    digests = [content_digest(d) for d in (few, changed)]
+    assert digests[0] == content_digest(few)
+    assert digests[0] != digests[1]
+    keys = [fingerprint(fingerprint_inputs(cfg, "convnet", whole_protocol(cfg), d)) for d in digests]
+    assert keys[0] != keys[1]
+    assert fingerprint_inputs(cfg, "convnet", whole_protocol(cfg))["dataset"].keys() == {"name", "options"}
 
 
 def test_a_damaged_or_foreign_cache_file_is_ignored(compose_eval, tmp_path, few):

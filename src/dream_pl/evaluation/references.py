@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dream_pl.data import RealData
+from dream_pl.data.folder import FOLDER
 from dream_pl.evaluation.sets import WHOLE, baseline_set
 from dream_pl.evaluation.suite import evaluate_sets
 from dream_pl.files import atomic_write
@@ -44,8 +45,24 @@ def model_knobs(cfg: DictConfig, name: str) -> dict[str, Any]:
     return {k: v for k, v in block.items() if k not in MODEL_BLOCK_KEYS and v is not None}
 
 
-def fingerprint_inputs(cfg: DictConfig, name: str, protocol: EvalProtocol) -> dict[str, Any]:
+def content_digest(real: RealData) -> str:
+    """A digest of the training images and labels themselves.
+
+    A folder dataset's options (its root) stay the same when its files change; a named dataset's do not.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for tensor in (real.train_images, real.train_labels):
+        h.update(tensor.contiguous().cpu().numpy().data)
+    return h.hexdigest()
+
+
+def fingerprint_inputs(
+    cfg: DictConfig, name: str, protocol: EvalProtocol, content: str | None = None
+) -> dict[str, Any]:
     """What the whole-set accuracy of architecture ``name`` depends on: data, network, protocol, seed.
+
+    ``content``: the training set's :func:`content_digest`, for data that its options do not pin down (a
+    folder dataset).
 
     ``protocol`` is the whole set's (``dream_pl.config.protocol_from(..., whole=True)``: resolved, its DSA
     the dataset's); only its recipe counts (:meth:`EvalProtocol.recipe_fields`): how it executes
@@ -55,7 +72,8 @@ def fingerprint_inputs(cfg: DictConfig, name: str, protocol: EvalProtocol) -> di
     options = cfg.dataset.get("options")
     options = OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else options
     inputs = {
-        "dataset": {"name": cfg.dataset.name, "options": dict(options or {})},
+        "dataset": {"name": cfg.dataset.name, "options": dict(options or {})}
+        | ({"content": content} if content else {}),
         "model": model_knobs(cfg, name),
         "protocol": {key: getattr(protocol, key) for key in protocol.recipe_fields()},
         "seed": cfg.seed,
@@ -145,8 +163,9 @@ def whole_references(
     than rank 0); otherwise it is left out, and its scores say "not measured".
     """
     rows, missing = {}, {}
+    content = content_digest(real) if cfg.dataset.name == FOLDER else None
     for name in cfg.evaluation.models:
-        inputs = fingerprint_inputs(cfg, name, protocol)
+        inputs = fingerprint_inputs(cfg, name, protocol, content)
         path = reference_path(cfg, inputs)
         record = read_reference(path, inputs)
         if record is not None:
