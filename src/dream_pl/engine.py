@@ -144,9 +144,17 @@ class Engine:
         )
         self.image_opt = torch.optim.SGD([self.synthetic.images], lr=lr, momentum=cfg.momentum_img)
         self.project = self.synthetic.clamp_ if cfg.clamp else lambda: None  # IDC clamps; DC, DSA, DM do not
-        feeds = {"real": self._real_batch, "synthetic": self._synthetic_batch, "none": None}
-        self.net_feed = feeds[cfg.net_data]  # what the network trains on between matches
-        self.net_steps = self._net_steps()
+        synthetic_images = real.num_classes * cfg.ipc * cfg.factor**2
+        feeds = {  # what the network trains on between matches, and its updates per inner iteration:
+            "real": (self._real_batch, lambda: math.ceil(cfg.n_data / cfg.batch_real)),  # n_data samples: IDC
+            "synthetic": (  # net_epochs passes over the synthetic set, batches of <= batch_real: DC, DSA
+                self._synthetic_batch,
+                lambda: cfg.net_epochs * math.ceil(synthetic_images / cfg.batch_real),
+            ),
+            "none": (None, lambda: 0),  # DM
+        }
+        self.net_feed, updates = feeds[cfg.net_data]
+        self.net_steps = updates()
         self.match_aug, self.net_aug = DiffAugment(cfg.match_dsa), DiffAugment(cfg.net_dsa)
         self.net = self._fresh_net(0)
         self.momentum = [torch.zeros_like(p) for p in self.net.parameters()]
@@ -329,21 +337,6 @@ class Engine:
             )
             self.shard.broadcast_([p.data for p in params])  # rank 0's weights are the run's, for any k
         return (self.shard.sum_(total) if self.shard_net else total) / max(steps, 1)
-
-    def _net_steps(self) -> int:
-        """Network updates per inner iteration.
-
-        ``n_data`` real samples (IDC); ``net_epochs`` passes over the synthetic set (DC, DSA: each update
-        draws a batch of at most ``batch_real`` without replacement); none (DM).
-        """
-        cfg = self.cfg
-        if cfg.net_data == "real":
-            return math.ceil(cfg.n_data / cfg.batch_real)
-        if cfg.net_data == "synthetic":
-            return cfg.net_epochs * math.ceil(
-                self.real.num_classes * cfg.ipc * cfg.factor**2 / cfg.batch_real
-            )
-        return 0
 
     def _real_batch(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
         """A random real batch of the whole set (every class)."""
