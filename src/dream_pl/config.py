@@ -38,7 +38,7 @@ from dream_pl.initializers import KMeansInit, NoiseInit, RandomRealInit
 from dream_pl.matchers import DistributionMatcher, GradientMatcher
 from dream_pl.models import check_model, list_models, model_options
 from dream_pl.samplers import HerdingSampler, KCenterSampler, RandomSampler, RepresentativeSampler
-from dream_pl.schemas import IMAGE_STEPS, LR_RULES, METHODS, NET_DATA, DistillConfig, EvalProtocol
+from dream_pl.schemas import IMAGE_STEPS, LR_AUTO, LR_RULES, METHODS, NET_DATA, DistillConfig, EvalProtocol
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = (
@@ -54,7 +54,6 @@ GROUPS = (
     "experiment",
     "debug",
 )
-LR_AUTO = "auto"  # evaluation.lr: chosen from evaluation.lr_grid on the held-out validation split
 MATMUL_PRECISIONS = ("highest", "high")  # torch.set_float32_matmul_precision: strict fp32 | TF32
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what this project runs on (Lightning's names)
 T = TypeVar("T")

@@ -54,6 +54,7 @@ LR_RULES = (
 )  # idc: scaled by ipc and size, on pixels | normalized: DC's, on normalised images
 NET_DATA = ("real", "synthetic", "none")  # IDC | DC, DSA | DM
 METHODS = ("idc", "dc", "dsa", "dm", "dream_plus")
+LR_AUTO = "auto"  # evaluation.lr: chosen from evaluation.lr_grid on the held-out validation split
 
 
 @dataclass(frozen=True)

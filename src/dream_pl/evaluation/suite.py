@@ -14,13 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from dream_pl.config import LR_AUTO
 from dream_pl.data import DatasetSpec, RealData, RealSet
 from dream_pl.evaluation.progress import EvaluationBar
 from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.evaluation.selection import search_lr, selection_note
 from dream_pl.evaluation.sets import held_out, validation_set
 from dream_pl.models import network_factory
+from dream_pl.schemas import LR_AUTO
 from dream_pl.sharding import Shard
 
 
