@@ -351,11 +351,11 @@ def _require_int(name: str, value: object, minimum: int = 1, note: str = "") -> 
     _require(ok, f"{name}={value!r} must be an integer >= {minimum}{note}")
 
 
-def _require_number(name: str, value: object, *, positive: bool) -> None:
+def _require_number(name: str, value: object, *, positive: bool, note: str = "") -> None:
     """A finite real number, > 0 (``positive``) or >= 0: ``inf`` or ``nan`` would only fail at step 1."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > 0 if positive else value >= 0)
-    _require(ok, f"{name}={value!r} must be a finite number {'> 0' if positive else '>= 0'}")
+    _require(ok, f"{name}={value!r} must be a finite number {'> 0' if positive else '>= 0'}{note}")
 
 
 def _is_number(value: object) -> bool:
@@ -524,11 +524,8 @@ def _check_protocol_values(name: str, node: DictConfig, *, auto_lr: bool = False
     for key in ("repeats", "epochs", "batch_size"):
         _require_int(f"{name}.{key}", node[key])
     if not (auto_lr and node.lr == LR_AUTO):
-        _require(
-            _is_number(node.lr) and node.lr > 0,
-            f"{name}.lr={node.lr!r} must be a finite number > 0"
-            + (f" or {LR_AUTO!r} (chosen on the validation split)" if auto_lr else ""),
-        )
+        note = f" or {LR_AUTO!r} (chosen on the validation split)" if auto_lr else ""
+        _require_number(f"{name}.lr", node.lr, positive=True, note=note)
     _require_number(f"{name}.lr_gamma", node.lr_gamma, positive=True)
     for key in ("momentum", "weight_decay"):
         _require_number(f"{name}.{key}", node[key], positive=False)

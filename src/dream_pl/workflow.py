@@ -45,10 +45,9 @@ from dream_pl.evaluation.sets import (
     DISTILLED,
     INITIALISATION,
     baseline_label,
-    baseline_set,
     load_set,
 )
-from dream_pl.evaluation.suite import evaluate_sets, excluded_from_baselines, network_for, set_evaluator
+from dream_pl.evaluation.suite import config_baseline, evaluate_sets, network_for, set_evaluator
 from dream_pl.evaluation.tables import eval_metrics, write_report
 from dream_pl.quiet import quiet_lightning
 from dream_pl.runlock import RunLock
@@ -216,9 +215,7 @@ def evaluate_run(
         if init.is_file():
             initial = load_set(init, data)
             sets[INITIALISATION] = (initial.images, initial.labels)
-        sets[baseline_label("random", cfg.ipc)] = baseline_set(
-            "random", data, cfg.ipc, seed=cfg.seed, exclude=excluded_from_baselines(cfg, data)
-        )
+        sets[baseline_label("random", cfg.ipc)] = config_baseline(cfg, "random", data, cfg.ipc)
     start = time.perf_counter()
     rows = evaluate_sets(cfg, data, sets, protocol_from(cfg.evaluation))
     timing = {"distill_seconds": distill_seconds, "eval_seconds": time.perf_counter() - start}
@@ -297,8 +294,7 @@ def evaluation_inputs(
         check_baseline_ipc(cfg, min(RealSet.from_data(real, "train").class_sizes))
         net = network_for(cfg, real.spec)()
         label = baseline_label(target, cfg.ipc)
-        exclude = excluded_from_baselines(cfg, real)
-        images = baseline_set(target, real, cfg.ipc, seed=cfg.seed, net=net, exclude=exclude)
+        images = config_baseline(cfg, target, real, cfg.ipc, net=net)
         return {label: images}, {label: None if target == "whole" else cfg.ipc}
     synthetic = read_set(
         target,
@@ -312,8 +308,7 @@ def evaluation_inputs(
     ipcs: dict[str, int | None] = {DISTILLED: synthetic.ipc}
     if cfg.evaluation.baseline:
         label = baseline_label("random", synthetic.ipc)
-        exclude = excluded_from_baselines(cfg, real)
-        sets[label] = baseline_set("random", real, synthetic.ipc, seed=cfg.seed, exclude=exclude)
+        sets[label] = config_baseline(cfg, "random", real, synthetic.ipc)
         ipcs[label] = synthetic.ipc
     return sets, ipcs
 

@@ -18,7 +18,7 @@ from dream_pl.data import DatasetSpec, RealData, RealSet
 from dream_pl.evaluation.progress import EvaluationBar
 from dream_pl.evaluation.protocol import EvalProtocol, EvalResult, evaluate_set
 from dream_pl.evaluation.selection import search_lr, selection_note
-from dream_pl.evaluation.sets import held_out, validation_set
+from dream_pl.evaluation.sets import baseline_set, held_out, validation_set
 from dream_pl.models import network_factory
 from dream_pl.schemas import LR_AUTO
 from dream_pl.sharding import Shard
@@ -71,11 +71,14 @@ def set_evaluator(cfg: DictConfig, name: str, real: RealData) -> Callable[..., E
     return run
 
 
-def excluded_from_baselines(cfg: DictConfig, real: RealData) -> list[Tensor] | None:
-    """The validation split baselines must not draw from: only when evaluation chooses something on it."""
-    if cfg.evaluation.lr != LR_AUTO:
-        return None
-    return held_out(RealSet.from_data(real, "train"), cfg.evaluation.validation_per_class, cfg.seed)
+def config_baseline(
+    cfg: DictConfig, name: str, real: RealData, ipc: int, *, net: nn.Module | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`baseline_set` as the config asks: with ``evaluation.lr=auto``, kept off the validation split."""
+    exclude = None
+    if cfg.evaluation.lr == LR_AUTO:
+        exclude = held_out(RealSet.from_data(real, "train"), cfg.evaluation.validation_per_class, cfg.seed)
+    return baseline_set(name, real, ipc, seed=cfg.seed, net=net, exclude=exclude)
 
 
 def evaluate_sets(
@@ -104,7 +107,7 @@ def evaluate_sets(
     ev = cfg.evaluation
     search = protocol.lr is None
     validation = validation_set(real, ev.validation_per_class, cfg.seed) if search else None
-    models = list(cfg.evaluation.models if models is None else models)
+    models = list(ev.models if models is None else models)
     pairs = [(name, label) for name in models for label in sets]
     repeats = protocol.repeats
     shard = Shard.current(len(pairs) * repeats)
